@@ -1,0 +1,71 @@
+"""The per-row slot cache: positions, the literal 4D mask, trash slot, rewind-by-length."""
+
+import pytest
+import torch
+
+from transformers_pard.cache import PardCacheManager, PardStaticCache
+from transformers_pard.engine import RoundState, draft_layout
+
+
+def make_cache(capacity=8, attn="sdpa"):
+    return PardStaticCache(num_layers=1, capacity=capacity, max_positions=None, attn_implementation=attn)
+
+
+def test_mask_and_positions_for_a_left_padded_batch():
+    cache = make_cache()
+    cache.begin(torch.tensor([0, 2]))  # row 1 has two left-padding slots
+    cache.advance(torch.tensor([3, 3]))  # 3 live slots each (row 1: 2 pads + 1 token)
+    positions, mask = cache.plan(cache.contiguous_slots(2), torch.float32)
+    assert positions.tolist() == [[3, 4], [1, 2]]
+    assert mask.shape == (2, 1, 2, 8)
+    # slot:                       0  1  2  3  4  5  6  7
+    assert mask[0, 0].int().tolist() == [[1, 1, 1, 1, 0, 0, 0, 0],
+                                         [1, 1, 1, 1, 1, 0, 0, 0]]
+    assert mask[1, 0].int().tolist() == [[0, 0, 1, 1, 0, 0, 0, 0],
+                                         [0, 0, 1, 1, 1, 0, 0, 0]]
+
+
+def test_padding_query_sees_itself_so_sdpa_has_no_nan():
+    cache = make_cache(capacity=4)
+    cache.begin(torch.tensor([2]))
+    _, mask = cache.plan(cache.contiguous_slots(3), torch.float32)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+
+
+def test_eager_mask_is_additive():
+    cache = make_cache(capacity=3, attn="eager")
+    cache.begin(torch.tensor([0]))
+    _, mask = cache.plan(cache.contiguous_slots(1), torch.float32)
+    assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 0, 1] == torch.finfo(torch.float32).min
+
+
+def test_update_writes_each_row_at_its_own_slots():
+    cache = make_cache(capacity=6)
+    cache.begin(torch.tensor([0, 0]))
+    cache.plan(torch.tensor([[1, 2], [4, 5]]), torch.float32)
+    keys = torch.arange(2 * 1 * 2 * 1, dtype=torch.float32).reshape(2, 1, 2, 1) + 1  # (B, H, T, D)
+    k, _ = cache.update(keys, keys, 0)
+    assert k[:, 0, :, 0].tolist() == [[0, 1, 2, 0, 0, 0], [0, 0, 0, 0, 3, 4]]
+
+
+def test_draft_layout_is_right_aligned_with_filler_in_the_trash_slot():
+    cache = make_cache(capacity=32)
+    cache.begin(torch.tensor([0, 0]))
+    cache.advance(torch.tensor([5, 9]))
+    k = 3
+    state = RoundState(
+        tokens=None, prompt_len=0, num_generated=None, finished=None, last_token=None,
+        unseen=torch.tensor([[11, 12, 13, 0], [21, 0, 0, 0]]), num_unseen=torch.tensor([3, 1]),
+    )
+    ids, slots = draft_layout(state, cache, k, mask_token_id=99, width=5)
+    assert ids.tolist() == [[11, 12, 13, 99, 99], [99, 99, 21, 99, 99]]
+    assert slots.tolist() == [[5, 6, 7, 8, 9], [31, 31, 9, 10, 11]]
+
+
+def test_manager_reuses_and_enforces_a_fixed_capacity():
+    manager = PardCacheManager(max_cache_len=100)
+    assert manager.capacity_for(100) == 101
+    with pytest.raises(ValueError, match="too small"):
+        manager.capacity_for(101)
+    growing = PardCacheManager(granularity=64)
+    assert growing.capacity_for(1) == 65 and growing.capacity_for(65) == 129

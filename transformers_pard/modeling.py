@@ -1,0 +1,73 @@
+"""Giving a model PARD generation: ``enable_pard`` and ``PardAutoModelForCausalLM``.
+
+``enable_pard`` swaps the class of *one instance* for a subclass that puts ``PardGenerationMixin``
+first in the MRO. The subclass keeps the original name and module, so ``save_pretrained`` (which
+records ``architectures``), pipelines and ``isinstance`` checks see the same model. No transformers
+class or function is modified.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoModelForCausalLM
+
+from .generation import PardGenerationMixin, PardOptions
+
+_PARD_CLASSES: dict[type, type] = {}
+
+
+def _pard_class(cls: type) -> type:
+    if issubclass(cls, PardGenerationMixin):
+        return cls
+    if cls not in _PARD_CLASSES:
+        _PARD_CLASSES[cls] = type(
+            cls.__name__,
+            (PardGenerationMixin, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        )
+    return _PARD_CLASSES[cls]
+
+
+def enable_pard(
+    model,
+    *,
+    compile: bool = False,
+    compile_mode: str | None = None,
+    compile_backend="inductor",
+    max_cache_len: int | None = None,
+):
+    """Give an already-loaded causal LM ``generate(..., pard_draft=draft)``; returns the same object.
+
+    Args:
+        model: a decoder-only ``PreTrainedModel`` with a generation head.
+        compile: run the draft/verify forwards through ``torch.compile`` (fixed shapes; CUDA graphs
+            on CUDA/ROCm with the default mode).
+        compile_mode: ``torch.compile`` mode (default: "reduce-overhead" on GPU, "default" on CPU).
+        compile_backend: ``torch.compile`` backend (default "inductor").
+        max_cache_len: fix the KV cache capacity (tokens); requests that do not fit raise.
+    """
+    if not hasattr(model, "generate") or not hasattr(model, "config"):
+        raise TypeError(f"enable_pard expects a transformers causal LM, got {type(model).__name__}.")
+    options = PardOptions(
+        compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, max_cache_len=max_cache_len
+    )
+    model.__class__ = _pard_class(type(model))
+    model._pard_options = options
+    model._pard_runtime = None  # caches / compiled forwards are rebuilt for the new options
+    return model
+
+
+class PardAutoModelForCausalLM:
+    """``AutoModelForCausalLM`` whose models come out PARD-enabled (targets and PARD drafts alike)."""
+
+    def __init__(self):
+        raise EnvironmentError("Use PardAutoModelForCausalLM.from_pretrained(...) or .from_config(...).")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, pard_compile: bool = False,
+                        pard_max_cache_len: int | None = None, **kwargs):
+        model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return enable_pard(model, compile=pard_compile, max_cache_len=pard_max_cache_len)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return enable_pard(AutoModelForCausalLM.from_config(config, **kwargs))

@@ -1,0 +1,177 @@
+"""Tiny models built in code, for tests, notebooks and examples (seconds on a CPU, no download).
+
+* ``tiny_causal_lm(arch)``: a randomly initialised Llama / Qwen2 / Qwen3 causal LM.
+* ``tiny_pard_draft(target)``: a smaller model of the same family and vocabulary, marked as a PARD
+  draft (``pard_token`` + ``spd_type``); untrained, so it proposes poor tokens.
+* ``OracleDraft``: a draft that knows the target's reference continuation and proposes it
+  (``always_right``) or proposes a token the target never picks (``always_wrong``). It lets tests
+  pin the exact number of verify rounds.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+
+
+def tiny_config(
+    arch: str = "llama",
+    *,
+    vocab_size: int = 96,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_positions: int = 256,
+    **overrides,
+) -> PretrainedConfig:
+    """A tiny config of ``arch``; token ids 0/1/2 are pad/bos/eos."""
+    config_cls = ARCHITECTURES[arch]
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    if arch == "qwen3":
+        kwargs["head_dim"] = hidden_size // num_heads
+    kwargs.update(overrides)
+    return config_cls(**kwargs)
+
+
+def tiny_causal_lm(arch: str = "llama", *, seed: int = 0, dtype=torch.float32, **config_kwargs):
+    """A randomly initialised tiny causal LM in eval mode (sdpa attention)."""
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **config_kwargs)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    # Larger weights than the default init give peaked, well-separated logits (no near-ties).
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def mark_as_pard_draft(model, *, mask_token_id: int, spd_type: str = "pard"):
+    """Record the PARD draft keys in ``model.config`` (what ``prepare_draft`` writes after training)."""
+    model.config.pard_token = mask_token_id
+    model.config.spd_type = spd_type
+    return model
+
+
+def tiny_pard_draft(target, *, seed: int = 1, num_layers: int = 1, mask_token_id: int | None = None):
+    """An untrained PARD draft for ``target``: same family and vocabulary, fewer layers."""
+    config = target.config
+    arch = config.model_type
+    draft = tiny_causal_lm(
+        arch,
+        seed=seed,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=num_layers,
+        num_heads=config.num_attention_heads,
+        num_kv_heads=config.num_key_value_heads,
+        max_positions=config.max_position_embeddings,
+    )
+    mask_id = config.vocab_size - 1 if mask_token_id is None else mask_token_id
+    return mark_as_pard_draft(draft, mask_token_id=mask_id)
+
+
+class OracleDraftConfig(PretrainedConfig):
+    model_type = "pard_oracle_draft"
+
+
+class OracleDraft(PreTrainedModel):
+    """A draft whose logits are one-hot on the reference continuation (or always off it).
+
+    ``reference`` (B, L) holds, for each row, the tokens the target will produce, indexed by
+    *position* (left padding removed); a query at position p proposes ``reference[b, p + 1]``.
+    ``always_wrong`` proposes ``reference + 1`` instead (mod vocab), which the target never accepts;
+    ``wrong_at`` (B, L) bool makes it wrong only where True (rows then accept different amounts).
+    Rows are matched to the batch by index, so call ``generate`` with the same batch.
+    """
+
+    config_class = OracleDraftConfig
+    _supports_sdpa = True
+
+    def __init__(
+        self,
+        target_config,
+        reference: torch.Tensor,
+        *,
+        always_wrong: bool = False,
+        wrong_at: torch.Tensor | None = None,
+        mask_token_id=None,
+    ):
+        config = OracleDraftConfig(
+            vocab_size=target_config.vocab_size,
+            num_hidden_layers=1,
+            max_position_embeddings=target_config.max_position_embeddings,
+            eos_token_id=target_config.eos_token_id,
+            bos_token_id=target_config.bos_token_id,
+            pad_token_id=target_config.pad_token_id,
+            pard_token=target_config.vocab_size - 1 if mask_token_id is None else mask_token_id,
+            spd_type="pard",
+        )
+        config._attn_implementation = "sdpa"
+        super().__init__(config)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("reference", reference.clone(), persistent=False)
+        if wrong_at is None:
+            wrong_at = torch.full_like(reference, always_wrong, dtype=torch.bool)
+        self.register_buffer("wrong_at", wrong_at.clone(), persistent=False)
+        self.forward_calls = 0
+
+    def forward(self, input_ids=None, position_ids=None, logits_to_keep=0, **kwargs):
+        self.forward_calls += 1
+        vocab = self.config.vocab_size
+        next_pos = (position_ids + 1).clamp(max=self.reference.shape[1] - 1)  # (B, T)
+        tokens = self.reference.gather(1, next_pos)  # (B, T)
+        wrong = self.wrong_at.gather(1, next_pos)  # (B, T)
+        tokens = torch.where(wrong, (tokens + 1) % vocab, tokens)
+        logits = torch.nn.functional.one_hot(tokens, vocab).float() * 10.0  # (B, T, V)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            logits = logits[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(logits=logits)
+
+
+def reference_by_position(sequences: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Strip each row's left padding so that column p holds the token at position p: (B, L)."""
+    pads = (attention_mask == 0).sum(1)  # (B,)
+    rows = [torch.cat([seq[p:], seq.new_full((p,), pad_token_id)]) for seq, p in zip(sequences, pads.tolist())]
+    return torch.stack(rows)
+
+
+def perturbed_pard_draft(target, *, noise: float = 0.2, seed: int = 3, mask_token_id: int | None = None):
+    """A real model draft that often agrees with ``target``: a copy of its weights plus Gaussian noise.
+
+    Untrained on masks, so it mostly gets d_1 right and later drafts wrong: rows of a batch then
+    accept different numbers of tokens per round.
+    """
+    draft = type(target)(target.config).eval()
+    draft.load_state_dict(target.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(torch.randn(param.shape, generator=generator).to(param) * noise * param.std())
+    mask_id = target.config.vocab_size - 1 if mask_token_id is None else mask_token_id
+    draft.config = type(target.config).from_dict(target.config.to_dict())
+    draft.config._attn_implementation = target.config._attn_implementation
+    return mark_as_pard_draft(draft, mask_token_id=mask_id)
