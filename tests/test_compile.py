@@ -12,7 +12,8 @@ def run_calls(target, draft, calls):
     outputs = []
     for seed, prompt_len, batch, max_new in calls:
         ids = torch.randint(3, 90, (batch, prompt_len), generator=torch.Generator().manual_seed(seed))
-        outputs.append((ids, max_new, target.generate(ids, pard_draft=draft, max_new_tokens=max_new, num_assistant_tokens=4)))
+        out = target.generate(ids, pard_draft=draft, max_new_tokens=max_new, num_assistant_tokens=4, pard_min_tau=None)
+        outputs.append((ids, max_new, out))
     return outputs
 
 

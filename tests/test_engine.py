@@ -86,7 +86,7 @@ def test_forward_counts_prove_parallel_drafting(targets, k, batch):
         calls, handle = count_forwards(target)
         try:
             out = stock_greedy(target, ids, mask, n_new, pard_draft=draft, num_assistant_tokens=k,
-                               return_dict_in_generate=True)
+                               return_dict_in_generate=True, pard_min_tau=None)
         finally:
             handle.remove()
         assert torch.equal(out.sequences, expected)
@@ -105,7 +105,8 @@ def test_rows_accept_different_amounts_and_stay_exact(targets):
     wrong_at[1] = True  # row 1 never accepts; row 0 always does; row 2 every other position
     wrong_at[2, ::2] = True
     draft = OracleDraft(target.config, by_position, wrong_at=wrong_at)
-    out = stock_greedy(target, ids, mask, 30, pard_draft=draft, num_assistant_tokens=4, return_dict_in_generate=True)
+    out = stock_greedy(target, ids, mask, 30, pard_draft=draft, num_assistant_tokens=4, return_dict_in_generate=True,
+                       pard_min_tau=None)
     assert torch.equal(out.sequences, expected)
     hist = out.pard_stats.accepted_histogram
     assert hist[1] > 0 and hist[5] > 0  # both a full chunk and a bare correction happened

@@ -146,7 +146,7 @@ class PardCacheManager:
     ``granularity`` slots as needed.
     """
 
-    def __init__(self, *, max_cache_len: int | None = None, granularity: int = 256):
+    def __init__(self, *, max_cache_len: int | None = None, granularity: int = 64):
         self.max_cache_len = max_cache_len
         self.granularity = granularity
         self._caches: dict[str, PardStaticCache] = {}

@@ -8,8 +8,9 @@ One round:
 1. draft   -- draft forward over ``[unseen] + [mask] * (K-1)``: K draft tokens from one forward.
 2. verify  -- target forward over ``[last_token, d_1 .. d_K]``: the target's choice at K+1 slots.
 3. accept  -- keep the longest prefix where the target agrees, plus one target token.
-4. stop    -- cut the chunk at EOS / the length budget.
+4. stop    -- cut the chunk at EOS / the length budget / the user's stopping criteria.
 5. commit  -- append the chunk; advance both caches (rejected slots are left stale: that is the rewind).
+6. adapt   -- the draft-length schedule picks the next K (constant, heuristic, or 0 = drafting off).
 
 Rows accept different numbers of tokens; each row has its own cache length and positions (see
 ``cache.py``), so no row ever waits for, or recomputes, another.
@@ -18,13 +19,13 @@ Rows accept different numbers of tokens; each row has its own cache length and p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .cache import PardCacheManager, PardStaticCache
 from .draft_config import DraftSpec
+from .schedule import DraftSchedule
 
 
 @dataclass
@@ -39,6 +40,10 @@ class PardStats:
     row_rounds: int = 0
     #: ``accepted_histogram[n]`` = row-rounds that committed n tokens (n = 1 .. K+1; index 0 unused).
     accepted_histogram: list[int] = field(default_factory=list)
+    #: K used in each round (0 = drafting switched off, a plain target step).
+    k_per_round: list[int] = field(default_factory=list)
+    #: Round at which drafting was switched off for low acceptance, or None.
+    drafting_disabled_at: int | None = None
     wall_time_s: float = 0.0
 
     def __post_init__(self):
@@ -57,11 +62,15 @@ class LoopInputs:
 
     input_ids: torch.Tensor  # (B, P) left-padded
     attention_mask: torch.Tensor  # (B, P)
-    k: int
+    k: int  # the largest K of this call (caches and buffers are sized for it)
     max_new_tokens: int
     eos_token_ids: torch.Tensor | None  # (E,)
     pad_token_id: int
     spec: DraftSpec
+    stopping_criteria: list = field(default_factory=list)  # user criteria checked token by token
+    streamer: object | None = None
+    keep_scores: bool = False
+    keep_logits: bool = False
 
 
 @dataclass
@@ -73,8 +82,10 @@ class RoundState:
     num_generated: torch.Tensor  # (B,)
     finished: torch.Tensor  # (B,) bool
     last_token: torch.Tensor  # (B,) newest committed token, not yet in the target cache
-    unseen: torch.Tensor  # (B, K+1) committed tokens the draft has not seen, left-aligned
+    unseen: torch.Tensor  # (B, <=K+1) committed tokens the draft has not seen, left-aligned
     num_unseen: torch.Tensor  # (B,)
+    scores: torch.Tensor | None = None  # (B, max_new + K + 1, V) processed scores of committed tokens
+    logits: torch.Tensor | None = None  # (B, max_new + K + 1, V) raw logits of committed tokens
 
 
 class ForwardFn:
@@ -117,7 +128,7 @@ class PardModels:
 # ----------------------------------------------------------------------------------------------
 
 
-def prefill(models: PardModels, inputs: LoopInputs) -> RoundState:
+def prefill(models: PardModels, inputs: LoopInputs, vocab_size: int) -> RoundState:
     """Feed ``prompt[:-1]`` to both models; the last prompt token opens the first round."""
     input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
     batch, prompt_len = input_ids.shape
@@ -130,16 +141,17 @@ def prefill(models: PardModels, inputs: LoopInputs) -> RoundState:
     k = inputs.k
     tokens = input_ids.new_full((batch, prompt_len + inputs.max_new_tokens + k + 1), inputs.pad_token_id)
     tokens[:, :prompt_len] = input_ids
-    unseen = input_ids.new_zeros(batch, k + 1)
-    unseen[:, 0] = input_ids[:, -1]
+    kept = (batch, inputs.max_new_tokens + k + 1, vocab_size)
     return RoundState(
         tokens=tokens,
         prompt_len=prompt_len,
         num_generated=torch.zeros_like(pad),
         finished=torch.zeros(batch, dtype=torch.bool, device=input_ids.device),
         last_token=input_ids[:, -1].clone(),
-        unseen=unseen,
+        unseen=input_ids[:, -1:].clone(),
         num_unseen=torch.ones_like(pad),
+        scores=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_scores else None,
+        logits=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_logits else None,
     )
 
 
@@ -165,16 +177,23 @@ def draft_layout(state: RoundState, cache: PardStaticCache, k: int, mask_token_i
     return input_ids, slots
 
 
-def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, max_unseen: int) -> torch.Tensor:
-    """One draft forward; returns the K draft tokens (B, K) by argmax over the target's vocabulary."""
-    k = inputs.k
-    width = 2 * k if models.static_draft_width else max_unseen + k - 1
+def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int, max_unseen: int) -> torch.Tensor:
+    """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, V_target)."""
+    width = 2 * inputs.k if models.static_draft_width else max_unseen + k - 1
     input_ids, slots = draft_layout(state, models.draft_cache, k, inputs.spec.mask_token_id, width)
     logits = models.draft(models.draft_cache, input_ids, slots, logits_to_keep=k)  # (B, K, Vd)
-    logits = logits[..., -k:, : inputs.spec.target_vocab_size]  # never propose ids the target lacks
+    logits = _to_target_vocab(logits[:, -k:], inputs.spec.target_vocab_size)
     # The mask slots' keys are discarded: only the unseen real tokens become live.
     models.draft_cache.advance(torch.where(state.finished, 0, state.num_unseen))
-    return logits.argmax(-1)  # (B, K)
+    return logits
+
+
+def _to_target_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Drop draft ids the target lacks; ids the draft lacks get -inf (never proposed)."""
+    if logits.shape[-1] >= vocab:
+        return logits[..., :vocab]
+    missing = logits.new_full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"))
+    return torch.cat([logits, missing], dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,24 +209,7 @@ def verify_step(models: PardModels, state: RoundState, draft_tokens: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 3: accept (greedy)
-# ----------------------------------------------------------------------------------------------
-
-
-def accept_greedy(draft_tokens: torch.Tensor, target_choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Longest agreeing prefix plus one target token.
-
-    ``target_choice`` (B, K+1) is the target's token at each verify slot. Draft token j is accepted
-    while ``d_j == target_choice[j-1]`` for all earlier j; the committed chunk is then exactly
-    ``target_choice[:, :a+1]`` (the accepted drafts equal the target's choices, plus the
-    correction / bonus token). Returns the chunk (B, K+1) and its length a+1 (B,).
-    """
-    agree = draft_tokens == target_choice[:, :-1]  # (B, K)
-    num_accepted = agree.long().cumprod(dim=1).sum(dim=1)  # (B,)
-    return target_choice, num_accepted + 1
-
-
-# ----------------------------------------------------------------------------------------------
+# Step 3 (accept) lives in verification.py: GreedyVerifier / SamplingVerifier.
 # Step 4: stopping inside the chunk
 # ----------------------------------------------------------------------------------------------
 
@@ -233,17 +235,42 @@ def apply_stopping(
     return length, state.finished | done
 
 
+def apply_criteria(
+    criteria: list, chunk: torch.Tensor, length: torch.Tensor, finished: torch.Tensor, state: RoundState, scores
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """User stopping criteria (stop strings, max_time, custom), checked after every chunk token.
+
+    Each check sees the row's prefix up to that token, as stock ``generate`` would; row b is placed
+    at index b of a batch of B copies so criteria with per-row state see it at its own index.
+    """
+    batch = chunk.shape[0]
+    ends = (state.prompt_len + state.num_generated).tolist()
+    lengths = length.tolist()
+    length, finished = length.clone(), finished.clone()
+    for b in range(batch):
+        for t in range(lengths[b]):
+            prefix = torch.cat([state.tokens[b, : ends[b]], chunk[b, : t + 1]])  # (end + t + 1,)
+            row_scores = scores[b, t].expand(batch, -1)
+            if any(bool(c(prefix.expand(batch, -1), row_scores)[b]) for c in criteria):
+                length[b], finished[b] = t + 1, True
+                break
+    return length, finished
+
+
 # ----------------------------------------------------------------------------------------------
 # Step 5: commit
 # ----------------------------------------------------------------------------------------------
 
 
-def commit(models: PardModels, state: RoundState, chunk: torch.Tensor, length: torch.Tensor, finished) -> None:
+def commit(models: PardModels, state: RoundState, chunk, length, finished, scores, logits) -> None:
     """Append each row's chunk, advance the target cache, and hand the chunk to the draft."""
     cols = torch.arange(chunk.shape[1], device=chunk.device)  # (K+1,)
+    keep = cols < length[:, None]  # (B, K+1)
     write_at = state.prompt_len + state.num_generated[:, None] + cols  # (B, K+1)
-    current = state.tokens.gather(1, write_at)
-    state.tokens.scatter_(1, write_at, torch.where(cols < length[:, None], chunk, current))
+    state.tokens.scatter_(1, write_at, torch.where(keep, chunk, state.tokens.gather(1, write_at)))
+    for kept, values in ((state.scores, scores), (state.logits, logits)):
+        if kept is not None:
+            _scatter_rows(kept, state.num_generated[:, None] + cols, keep, values.float())
     # The target computed KV for [last_token, d_1..d_a]: exactly `length` live slots (the rest is stale).
     models.target_cache.advance(length)
     state.num_generated += length
@@ -254,69 +281,88 @@ def commit(models: PardModels, state: RoundState, chunk: torch.Tensor, length: t
     state.finished = finished
 
 
-def finalize(state: RoundState, pad_token_id: int) -> torch.Tensor:
-    """Sequences (B, P + longest generation), padded after each row's end like stock ``generate``."""
+def _scatter_rows(buffer: torch.Tensor, index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor) -> None:
+    """buffer[b, index[b, j]] = values[b, j] where keep[b, j]; buffer (B, N, V), values (B, J, V)."""
+    index = index[..., None].expand_as(values)
+    current = buffer.gather(1, index)
+    buffer.scatter_(1, index, torch.where(keep[..., None], values, current))
+
+
+def finalize(state: RoundState, pad_token_id: int) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """Sequences (B, P + longest generation), padded after each row's end like stock ``generate``;
+    plus per-step score / logit tuples when they were kept."""
     longest = int(state.num_generated.max())
     tokens = state.tokens[:, : state.prompt_len + longest]
     cols = torch.arange(tokens.shape[1], device=tokens.device)
     beyond = cols >= state.prompt_len + state.num_generated[:, None]
-    return tokens.masked_fill(beyond, pad_token_id)
-
-
-def record_round(histogram: torch.Tensor, active: torch.Tensor, length: torch.Tensor) -> None:
-    """Add this round's committed lengths of the active rows to ``histogram`` (K+2,), on device."""
-    histogram += (torch.nn.functional.one_hot(length, histogram.shape[0]) * active[:, None]).sum(0)
-
-
-def stats_from_histogram(k: int, rounds: int, histogram: torch.Tensor) -> PardStats:
-    counts = histogram.tolist()
-    return PardStats(
-        k=k,
-        rounds=rounds,
-        target_forwards=rounds,
-        draft_forwards=rounds,
-        committed_tokens=sum(n * c for n, c in enumerate(counts)),
-        row_rounds=sum(counts[1:]),
-        accepted_histogram=counts,
-    )
+    per_step = [None if kept is None else tuple(kept[:, s] for s in range(longest)) for kept in (state.scores, state.logits)]
+    return tokens.masked_fill(beyond, pad_token_id), per_step[0], per_step[1]
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
 
-ChoiceFn = Callable[[RoundState, torch.Tensor, torch.Tensor], torch.Tensor]
+
+@dataclass
+class PardResult:
+    sequences: torch.Tensor
+    stats: PardStats
+    scores: tuple | None = None
+    logits: tuple | None = None
 
 
-def greedy_choice(state: RoundState, draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """The target's greedy token at every verify slot (B, K+1)."""
-    return target_logits.argmax(-1)
+def stream(streamer, chunk: torch.Tensor, length: int) -> None:
+    if streamer is not None and length > 0:
+        streamer.put(chunk[0, :length].cpu())
 
 
-def pard_decode(
-    models: PardModels, inputs: LoopInputs, *, choice_fn: ChoiceFn = greedy_choice
-) -> tuple[torch.Tensor, PardStats]:
-    """Run PARD rounds until every row is finished; returns (sequences, stats)."""
+def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: DraftSchedule) -> PardResult:
+    """Run PARD rounds until every row is finished."""
     start = time.perf_counter()
-    state = prefill(models, inputs)
+    state = prefill(models, inputs, inputs.spec.target_vocab_size)
     histogram = torch.zeros(inputs.k + 2, dtype=torch.long, device=inputs.input_ids.device)
-    rounds, max_unseen = 0, 1
+    stats = PardStats(k=inputs.k)
+    if inputs.streamer is not None:
+        inputs.streamer.put(inputs.input_ids.cpu())
+    max_unseen = 1
     while True:
-        draft_tokens = draft_step(models, state, inputs, max_unseen)  # (B, K)
+        k = schedule.k
+        if k > 0:
+            draft_logits = draft_step(models, state, inputs, k, max_unseen)  # (B, K, V)
+            draft_tokens, q = verifier.propose(state, draft_logits)  # (B, K), (B, K, V) | None
+        else:  # drafting switched off: a plain target step
+            draft_tokens, q = state.last_token.new_zeros(state.last_token.shape[0], 0), None
         target_logits = verify_step(models, state, draft_tokens)  # (B, K+1, V)
-        target_choice = choice_fn(state, draft_tokens, target_logits)  # (B, K+1)
-        chunk, length = accept_greedy(draft_tokens, target_choice)
+        chunk, length, scores = verifier.accept(state, draft_tokens, q, target_logits)  # (B, K+1), (B,)
         length, finished = apply_stopping(chunk, length, state, inputs)
-        record_round(histogram, ~state.finished, length)
-        commit(models, state, chunk, length, finished)
-        rounds += 1
-        # The round's single host sync: loop control and the next draft width.
-        all_done, max_unseen = torch.stack([state.finished.all().long(), state.num_unseen.max()]).tolist()
+        if inputs.stopping_criteria:
+            length, finished = apply_criteria(inputs.stopping_criteria, chunk, length, finished, state, scores)
+        active = ~state.finished
+        committed, rows = (length * active).sum(), active.sum()
+        histogram += (torch.nn.functional.one_hot(length, inputs.k + 2) * active[:, None]).sum(0)
+        commit(models, state, chunk, length, finished, scores, target_logits)
+        stats.k_per_round.append(k)
+        # The round's single host sync: loop control, the next draft width, the schedule, the streamer.
+        all_done, max_unseen, committed, rows, first_len = torch.stack(
+            [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0]]
+        ).tolist()
+        stream(inputs.streamer, chunk, first_len)
+        schedule.update(committed=committed, rows=rows, all_accepted=committed == rows * (k + 1))
         if all_done:
             break
-    stats = stats_from_histogram(inputs.k, rounds, histogram)
+    if inputs.streamer is not None:
+        inputs.streamer.end()
+    stats.rounds = stats.target_forwards = len(stats.k_per_round)
+    stats.draft_forwards = sum(1 for k in stats.k_per_round if k > 0)
+    stats.drafting_disabled_at = schedule.disabled_at
+    counts = histogram.tolist()
+    stats.accepted_histogram = counts
+    stats.committed_tokens = sum(n * c for n, c in enumerate(counts))
+    stats.row_rounds = sum(counts[1:])
+    sequences, scores, logits = finalize(state, inputs.pad_token_id)
     stats.wall_time_s = time.perf_counter() - start
-    return finalize(state, inputs.pad_token_id), stats
+    return PardResult(sequences, stats, scores, logits)
 
 
 def build_models(

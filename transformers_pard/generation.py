@@ -5,7 +5,10 @@ for what PARD cannot honour), then hand over to the loop in ``engine.py``. A cal
 draft is passed to transformers' own ``generate`` untouched.
 
 Private ``GenerationMixin`` helpers used (tested with transformers 5.23): ``_prepare_generation_config``,
-``_prepare_special_tokens``, ``_get_logits_processor``.
+``_prepare_special_tokens``, ``_get_logits_processor``, ``_get_stopping_criteria``.
+
+PARD-specific ``generate`` keywords: ``pard_draft``; ``pard_min_tau`` (auto-disable threshold, default
+1.3, None = never); ``pard_tau_window`` (rounds it looks back, default 8).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import torch
 from transformers import GenerationMixin
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
+
 from .cache import PardCacheManager
 from .draft_config import DEFAULT_K, is_pard_draft, validate_draft
 from .engine import LoopInputs, PardStats, build_models, pard_decode
-from .scoring import TargetScorer
+from .schedule import DraftSchedule, ScheduleConfig
+from .scoring import Scorer
+from .verification import GreedyVerifier, SamplingVerifier
 
 
 @dataclass(frozen=True)
@@ -115,17 +122,7 @@ def _check_generation_config(config) -> None:
             f"Beam search (num_beams={config.num_beams}) cannot be combined with a PARD draft: speculative "
             "decoding verifies one sequence per row. Use num_beams=1, or drop pard_draft/assistant_model."
         )
-    if (config.num_return_sequences or 1) > 1:
-        raise ValueError(
-            f"num_return_sequences={config.num_return_sequences} is not supported with a PARD draft. Repeat the "
-            "prompt in the batch instead (e.g. input_ids.repeat_interleave(n, 0)) and sample once per row."
-        )
-    if config.do_sample:
-        raise ValueError(
-            "do_sample=True is not supported with a PARD draft in this version; use greedy decoding "
-            "(do_sample=False) or drop pard_draft."
-        )
-    for name in ("output_attentions", "output_hidden_states", "output_scores", "output_logits"):
+    for name in ("output_attentions", "output_hidden_states"):
         if getattr(config, name, False):
             raise ValueError(f"{name}=True is not supported with a PARD draft; drop it or drop pard_draft.")
 
@@ -189,19 +186,47 @@ def _pop_call_arguments(kwargs: dict) -> dict:
         kwargs.pop(name, None)
     if kwargs.pop("synced_gpus", None):
         raise ValueError("synced_gpus=True (DeepSpeed ZeRO-3 generation) is not supported with a PARD draft.")
-    if kwargs.pop("streamer", None) is not None:
-        raise ValueError("streamer is not supported with a PARD draft in this version; drop it or drop pard_draft.")
-    stopping = kwargs.pop("stopping_criteria", None)
-    if stopping:
-        raise ValueError("Custom stopping_criteria are not supported with a PARD draft in this version.")
     return {
         "logits_processor": kwargs.pop("logits_processor", None),
+        "stopping_criteria": kwargs.pop("stopping_criteria", None),
         "prefix_allowed_tokens_fn": kwargs.pop("prefix_allowed_tokens_fn", None),
+        "streamer": kwargs.pop("streamer", None),
+        "tokenizer": kwargs.pop("tokenizer", None),
+        "schedule": ScheduleConfig(
+            schedule=kwargs.pop("num_assistant_tokens_schedule", None) or "constant",
+            min_tau=kwargs.pop("pard_min_tau", ScheduleConfig.min_tau),
+            window=kwargs.pop("pard_tau_window", ScheduleConfig.window),
+        ),
     }
 
 
+def _user_stopping_criteria(model, config, call_args) -> list:
+    """Stop strings, max_time and custom criteria; max length and EOS are handled by the engine."""
+    criteria = model._get_stopping_criteria(
+        generation_config=config,
+        stopping_criteria=call_args["stopping_criteria"] or StoppingCriteriaList(),
+        tokenizer=call_args["tokenizer"],
+    )
+    return [c for c in criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
+
+
+def _schedule(model, config, call_args, k: int, compiled: bool) -> DraftSchedule:
+    schedule_config = call_args["schedule"]
+    if config.num_assistant_tokens_schedule not in (None, "constant") and schedule_config.schedule == "constant":
+        schedule_config = ScheduleConfig(config.num_assistant_tokens_schedule, schedule_config.min_tau, schedule_config.window)
+    if compiled and schedule_config.schedule != "constant":
+        raise ValueError(
+            "An adaptive num_assistant_tokens_schedule changes the draft shape every round, which defeats "
+            "torch.compile's fixed shapes. Use the 'constant' schedule with compile=True."
+        )
+    k_start = k
+    if schedule_config.schedule == "heuristic":
+        k_start = min(getattr(model, "_pard_heuristic_k", k), k)
+    return DraftSchedule(schedule_config, k_start=k_start, k_max=k)
+
+
 def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
-    """PARD greedy decoding for ``model`` (the target) with ``draft``; see ``PardGenerationMixin``."""
+    """PARD decoding for ``model`` (the target) with ``draft``; see ``PardGenerationMixin``."""
     k = _requested_k(model, generation_config, kwargs)
     call_args = _pop_call_arguments(kwargs)
     config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
@@ -227,6 +252,12 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
     pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
     eos_list = eos_ids.tolist() if eos_ids is not None else None
     attention_mask = _attention_mask(input_ids, attention_mask, pad_token_id, eos_list).to(device)
+    if (config.num_return_sequences or 1) > 1:  # sampling several continuations per prompt
+        input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
+        attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+    streamer = call_args["streamer"]
+    if streamer is not None and input_ids.shape[0] > 1:
+        raise ValueError("Streaming with a PARD draft supports one sequence at a time (batch size 1), like TextStreamer.")
     max_new = _max_new_tokens(config, input_ids.shape[1])
     _check_positions(model, attention_mask, max_new)
 
@@ -247,22 +278,33 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
         eos_token_ids=eos_ids,
         pad_token_id=pad_token_id,
         spec=spec,
+        stopping_criteria=_user_stopping_criteria(model, config, call_args),
+        streamer=streamer,
+        keep_scores=bool(config.return_dict_in_generate and config.output_scores),
+        keep_logits=bool(config.return_dict_in_generate and config.output_logits),
     )
-    manager, forwards = _pard_runtime(model)
     options = pard_options(model)
+    compile_mode = options.resolved_compile_mode(device)
+    schedule = _schedule(model, config, call_args, k, compiled=compile_mode is not None)
+    manager, forwards = _pard_runtime(model)
     models = build_models(
         model,
         draft,
         manager=manager,
         inputs=loop_inputs,
         forwards=forwards,
-        compile_mode=options.resolved_compile_mode(device),
+        compile_mode=compile_mode,
         compile_backend=options.compile_backend,
     )
-    scorer = TargetScorer(processors)
+    scorer = Scorer(processors)
+    verifier = SamplingVerifier(scorer) if config.do_sample else GreedyVerifier(scorer)
     with torch.no_grad():
-        sequences, stats = pard_decode(models, loop_inputs, choice_fn=scorer.greedy_choice)
-    model._last_pard_stats = stats
+        result = pard_decode(models, loop_inputs, verifier=verifier, schedule=schedule)
+    if schedule.config.schedule == "heuristic":
+        model._pard_heuristic_k = max(schedule.k, 1)
+    model._last_pard_stats = result.stats
     if config.return_dict_in_generate:
-        return PardGenerateOutput(sequences=sequences, pard_stats=stats)
-    return sequences
+        return PardGenerateOutput(
+            sequences=result.sequences, scores=result.scores, logits=result.logits, pard_stats=result.stats
+        )
+    return result.sequences

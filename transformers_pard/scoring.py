@@ -1,10 +1,11 @@
-"""Turn the target's verify logits into the scores stock ``generate`` would have used at each slot.
+"""Apply ``generate``'s logits processors to draft and verify logits, slot by slot where it matters.
 
-Stock ``generate`` applies its logits processors to fp32 logits with the whole prefix (left padding
-included) as ``input_ids``. A verify forward scores K+1 slots at once, and the prefix of slot j is
-``committed tokens + d_1..d_j``, different per row and per slot. Processors that ignore the prefix
+Stock ``generate`` applies its processors to fp32 logits with the whole prefix (left padding
+included) as ``input_ids``. In a PARD round, slot j (0-based) of the verify forward and slot j of
+the draft forward both predict the token after ``committed + d_1..d_j``: that is the prefix each
+slot is processed with, different per row and per slot. Processors that ignore the prefix
 (temperature, top-k, top-p, ...) are applied to all slots in one batched call; every other processor
-is applied slot by slot with that slot's own prefix, so the result equals stock ``generate`` exactly.
+is applied slot by slot, so the scores equal those of stock ``generate`` exactly.
 """
 
 from __future__ import annotations
@@ -33,44 +34,42 @@ PREFIX_FREE = (
 )
 
 
-class TargetScorer:
-    """Applies a ``LogitsProcessorList`` to verify logits, slot by slot where the prefix matters."""
+class Scorer:
+    """Turns raw logits into the processed fp32 scores stock ``generate`` would use."""
 
     def __init__(self, processors: LogitsProcessorList | None):
         processors = list(processors or [])
-        self.prefix_free = all(isinstance(p, PREFIX_FREE) for p in processors)
         self.processors = LogitsProcessorList(processors)
+        self.prefix_free = all(isinstance(p, PREFIX_FREE) for p in processors)
 
-    def scores(self, state, draft_tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Processed fp32 scores (B, K+1, V) for the verify slots."""
+    def scores(self, state, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Scores (B, S, V) of ``logits`` (B, S, V), slot j's prefix being ``committed + tokens[:, :j]``."""
         logits = logits.float()
         if not self.processors:
             return logits
         batch, slots, vocab = logits.shape
         if self.prefix_free:
-            dummy_ids = draft_tokens.new_zeros(batch * slots, 1)
+            dummy_ids = tokens.new_zeros(batch * slots, 1)
             return self.processors(dummy_ids, logits.reshape(-1, vocab)).reshape(batch, slots, vocab)
-        return self._per_slot(state, draft_tokens, logits)
+        return torch.stack([self.slot_scores(state, tokens[:, :j], logits[:, j]) for j in range(slots)], dim=1)
 
-    def _per_slot(self, state, draft_tokens, logits):
-        """Slot j of row b is processed with ``committed_b + d_1..d_j``, in a batch of B rows so that
-        processors holding per-row state (e.g. prompt lengths) see row b at index b."""
-        batch, slots, _ = logits.shape
+    def slot_scores(self, state, drafted: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Scores (B, V) of one slot whose prefix is ``committed + drafted`` (B, j).
+
+        Rows in step (same committed length) go through in one call, like stock ``generate``;
+        otherwise row b is processed in a batch of B copies at index b, so that processors holding
+        per-row state (e.g. prompt lengths) see it at its own index.
+        """
+        logits = logits.float()
+        if not self.processors:
+            return logits
+        batch = logits.shape[0]
         ends = (state.prompt_len + state.num_generated).tolist()
-        if len(set(ends)) == 1:  # rows in step: one call per slot, like stock generate
-            committed = state.tokens[:, : ends[0]]
-            return torch.stack(
-                [self.processors(torch.cat([committed, draft_tokens[:, :j]], 1), logits[:, j].clone()) for j in range(slots)],
-                dim=1,
-            )
+        if len(set(ends)) == 1:
+            prefix = torch.cat([state.tokens[:, : ends[0]], drafted], dim=1)  # (B, end + j)
+            return self.processors(prefix, logits.clone())
         out = torch.empty_like(logits)
         for b, end in enumerate(ends):
-            for j in range(slots):
-                prefix = torch.cat([state.tokens[b, :end], draft_tokens[b, :j]])  # (end + j,)
-                scores = self.processors(prefix.expand(batch, -1), logits[b, j].expand(batch, -1).clone())
-                out[b, j] = scores[b]
+            prefix = torch.cat([state.tokens[b, :end], drafted[b]])  # (end + j,)
+            out[b] = self.processors(prefix.expand(batch, -1), logits[b].expand(batch, -1).clone())[b]
         return out
-
-    def greedy_choice(self, state, draft_tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The token stock greedy ``generate`` would pick at every verify slot (B, K+1)."""
-        return self.scores(state, draft_tokens, logits).argmax(-1)

@@ -175,3 +175,30 @@ def perturbed_pard_draft(target, *, noise: float = 0.2, seed: int = 3, mask_toke
     draft.config = type(target.config).from_dict(target.config.to_dict())
     draft.config._attn_implementation = target.config._attn_implementation
     return mark_as_pard_draft(draft, mask_token_id=mask_id)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A character-level tokenizer (ids 3.. are printable characters; <pad>=0, <s>=1, </s>=2) with a
+    chat template. Character-level, so decoding is exact (stop strings work)."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = (string.ascii_letters + string.digits + " " + string.punctuation)[: vocab_size - 3]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="?",
+        padding_side="left",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

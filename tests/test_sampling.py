@@ -1,0 +1,124 @@
+"""Speculative sampling is lossless: PARD samples follow the target's own sampling distribution.
+
+The target has a tiny vocabulary, so the exact distribution of the first three new tokens (with EOS
+ending a row early) is enumerated from the target itself; >= 20,000 PARD draws are compared to it
+with a chi-square test.
+"""
+
+import itertools
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import GenerationConfig
+
+from transformers_pard import enable_pard
+from transformers_pard.testing import tiny_causal_lm, tiny_pard_draft
+from transformers_pard.verification import SamplingVerifier
+
+VOCAB, EOS, PAD, NEW = 8, 2, 0, 3
+PROMPT = torch.tensor([[1, 5, 3]])
+ROWS, CALLS = 2500, 8  # 20,000 draws
+
+SETTINGS = {
+    "temperature": dict(do_sample=True, temperature=0.7, top_k=0, top_p=1.0),
+    "top_k_top_p_temperature": dict(do_sample=True, temperature=1.3, top_k=5, top_p=0.9),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = enable_pard(tiny_causal_lm("llama", seed=21, vocab_size=VOCAB, hidden_size=16))
+    draft = tiny_pard_draft(target, seed=5)  # untrained: an imperfect draft with its own q
+    return target, draft
+
+
+def exact_distribution(target, settings):
+    """P(x1, x2, x3) under stock sampling, rows ending at EOS padded with PAD."""
+    config = GenerationConfig(**settings)
+    processors = target._get_logits_processor(generation_config=config, input_ids_seq_length=PROMPT.shape[1])
+    probs = {}
+    with torch.no_grad():
+        def next_probs(prefix):
+            ids = torch.cat([PROMPT, torch.tensor([prefix], dtype=torch.long)], dim=1) if prefix else PROMPT
+            logits = target(ids).logits[:, -1].float()
+            return torch.softmax(processors(ids, logits), -1)[0]
+
+        def walk(prefix, p):
+            if len(prefix) == NEW or (prefix and prefix[-1] == EOS):
+                probs[tuple(prefix + [PAD] * (NEW - len(prefix)))] = probs.get(tuple(prefix + [PAD] * (NEW - len(prefix))), 0) + p
+                return
+            for token, pt in enumerate(next_probs(prefix).tolist()):
+                if pt > 0:
+                    walk(prefix + [token], p * pt)
+
+        walk([], 1.0)
+    return probs
+
+
+def pard_draws(target, draft, settings, seed=0):
+    torch.manual_seed(seed)
+    counts = {}
+    for _ in range(CALLS):
+        out = target.generate(
+            PROMPT.repeat(ROWS, 1), pard_draft=draft, max_new_tokens=NEW, num_assistant_tokens=2,
+            pad_token_id=PAD, eos_token_id=EOS, pard_min_tau=None, **settings,
+        )
+        new = torch.nn.functional.pad(out[:, PROMPT.shape[1]:], (0, NEW - (out.shape[1] - PROMPT.shape[1])), value=PAD)
+        for row in map(tuple, new.tolist()):
+            counts[row] = counts.get(row, 0) + 1
+    return counts
+
+
+def chi_square_p(counts, probs):
+    """p-value of observed counts against exact probabilities (cells with expectation < 5 pooled)."""
+    assert set(counts) <= set(probs), f"impossible outcomes drawn: {set(counts) - set(probs)}"
+    total = sum(counts.values())
+    observed, expected, pooled_o, pooled_e = [], [], 0, 0.0
+    for outcome, p in probs.items():
+        if p * total >= 5:
+            observed.append(counts.get(outcome, 0))
+            expected.append(p * total)
+        else:
+            pooled_o += counts.get(outcome, 0)
+            pooled_e += p * total
+    if pooled_e > 0:
+        observed.append(pooled_o)
+        expected.append(pooled_e)
+    expected = [e * total / sum(expected) for e in expected]  # exact sums for scipy's tolerance check
+    return chisquare(observed, expected).pvalue
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_pard_sampling_matches_the_target_distribution(models, name):
+    target, draft = models
+    probs = exact_distribution(target, SETTINGS[name])
+    counts = pard_draws(target, draft, SETTINGS[name])
+    assert sum(counts.values()) >= 20_000
+    assert chi_square_p(counts, probs) > 1e-3
+    stats = target._last_pard_stats
+    assert 1.0 < stats.tau < NEW  # drafts were really accepted and rejected
+
+
+def test_a_wrong_q_is_caught(models, monkeypatch):
+    """Sampling drafts from the processed q but reporting the raw softmax as q biases the output."""
+    target, draft = models
+    settings = SETTINGS["top_k_top_p_temperature"]
+    propose = SamplingVerifier.propose
+
+    def wrong_q(self, state, draft_logits):
+        tokens, _ = propose(self, state, draft_logits)
+        return tokens, torch.softmax(draft_logits.float(), -1)
+
+    monkeypatch.setattr(SamplingVerifier, "propose", wrong_q)
+    counts = pard_draws(target, draft, settings)
+    probs = exact_distribution(target, settings)
+    impossible = set(counts) - set(probs)
+    assert impossible or chi_square_p(counts, probs) < 1e-3
+
+
+def test_seeded_sampling_is_reproducible(models):
+    target, draft = models
+    runs = [target.generate(PROMPT, pard_draft=draft, max_new_tokens=10, do_sample=True, num_assistant_tokens=3,
+                            pard_min_tau=None) for _ in range(2) if torch.manual_seed(7) is not None]
+    assert torch.equal(runs[0], runs[1])
