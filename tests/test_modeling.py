@@ -86,3 +86,25 @@ def test_eager_attention_is_lossless_too():
     expected = target.generate(ids, attention_mask=mask, max_new_tokens=15)
     out = target.generate(ids, attention_mask=mask, pard_draft=tiny_pard_draft(target), max_new_tokens=15)
     assert torch.equal(out, expected)
+
+
+def test_stock_target_with_an_enabled_pard_draft_drafts_in_parallel():
+    """transformers' own assisted loop + PardAutoModel-style draft: one draft forward per round."""
+    stock_target = tiny_causal_lm("llama", seed=0)  # not enabled
+    ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(3))
+    expected = stock_target.generate(ids, max_new_tokens=24)
+    draft = enable_pard(OracleDraft(stock_target.config, reference_by_position(expected, torch.ones_like(ids), 0)))
+    out = stock_target.generate(ids, assistant_model=draft, max_new_tokens=24)
+    assert torch.equal(out, expected)
+    # Autoregressive drafting would need >= 23 draft forwards for 24 always-accepted tokens.
+    assert draft.forward_calls <= 5
+
+
+def test_stock_target_with_a_real_enabled_draft_greedy_and_sampling():
+    stock_target = tiny_causal_lm("qwen2", seed=2)
+    draft = enable_pard(tiny_pard_draft(stock_target))
+    ids = torch.randint(3, 90, (1, 5))
+    expected = stock_target.generate(ids, max_new_tokens=15)
+    assert torch.equal(stock_target.generate(ids, assistant_model=draft, max_new_tokens=15), expected)
+    sampled = stock_target.generate(ids, assistant_model=draft, max_new_tokens=15, do_sample=True, top_k=10)
+    assert sampled.shape[1] <= 20 and torch.equal(sampled[:, :5], ids)

@@ -21,6 +21,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
+from .assisted import is_assisted_call, parallel_draft_candidates
 from .cache import PardCacheManager
 from .draft_config import DEFAULT_K, is_pard_draft, validate_draft
 from .engine import LoopInputs, PardStats, build_models, pard_decode
@@ -81,6 +82,10 @@ class PardGenerationMixin(GenerationMixin):
     """Adds PARD drafting to ``generate``; every call without a PARD draft is stock ``generate``."""
 
     def generate(self, inputs=None, generation_config=None, *, pard_draft=None, **kwargs):
+        if is_assisted_call(generation_config) and is_pard_draft(self):
+            # This model is the assistant of a stock target: K candidates from one parallel forward.
+            input_ids = inputs if inputs is not None else kwargs.pop("input_ids")
+            return parallel_draft_candidates(self, input_ids, generation_config, **kwargs)
         assistant = kwargs.get("assistant_model")
         if pard_draft is not None and assistant is not None:
             raise ValueError("Pass the draft once: either pard_draft=... or assistant_model=..., not both.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    GenerationMixin,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -98,7 +99,7 @@ class OracleDraftConfig(PretrainedConfig):
     model_type = "pard_oracle_draft"
 
 
-class OracleDraft(PreTrainedModel):
+class OracleDraft(PreTrainedModel, GenerationMixin):
     """A draft whose logits are one-hot on the reference continuation (or always off it).
 
     ``reference`` (B, L) holds, for each row, the tokens the target will produce, indexed by
