@@ -25,6 +25,7 @@ import torch
 
 from .cache import PardCacheManager, PardStaticCache
 from .draft_config import DraftSpec
+from .pard2 import Pard2Config, draft_inputs_embeds, draft_round_features, shift_right, target_features
 from .schedule import DraftSchedule
 
 
@@ -71,6 +72,7 @@ class LoopInputs:
     streamer: object | None = None
     keep_scores: bool = False
     keep_logits: bool = False
+    pard2: Pard2Config | None = None  # set: PARD-2 target-dependent mode
 
 
 @dataclass
@@ -86,6 +88,7 @@ class RoundState:
     num_unseen: torch.Tensor  # (B,)
     scores: torch.Tensor | None = None  # (B, max_new + K + 1, V) processed scores of committed tokens
     logits: torch.Tensor | None = None  # (B, max_new + K + 1, V) raw logits of committed tokens
+    unseen_features: torch.Tensor | None = None  # (B, <=K+1, D) PARD-2: feature of each unseen token's predecessor
 
 
 class ForwardFn:
@@ -98,18 +101,32 @@ class ForwardFn:
             mode = None if compile_backend != "inductor" else compile_mode
             self.compiled = torch.compile(model, backend=compile_backend, mode=mode, fullgraph=True, dynamic=False)
 
-    def __call__(self, cache: PardStaticCache, input_ids, slots, *, logits_to_keep: int = 0, compiled=True):
+    def __call__(
+        self,
+        cache: PardStaticCache,
+        input_ids,
+        slots,
+        *,
+        logits_to_keep: int = 0,
+        compiled=True,
+        inputs_embeds=None,
+        feature_layers: tuple[int, ...] | None = None,
+    ):
+        """Logits (B, T', V), and the concatenated hidden states of ``feature_layers`` (B, T, D) or None."""
         position_ids, mask = cache.plan(slots, self.model.dtype)
         forward = self.compiled if compiled and self.compiled is not None else self.model
         out = forward(
-            input_ids=input_ids,
+            input_ids=None if inputs_embeds is not None else input_ids,
+            inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             attention_mask=mask,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            output_hidden_states=feature_layers is not None,
         )
-        return out.logits
+        features = None if feature_layers is None else target_features(out.hidden_states, feature_layers)
+        return out.logits, features
 
 
 @dataclass
@@ -129,14 +146,28 @@ class PardModels:
 
 
 def prefill(models: PardModels, inputs: LoopInputs, vocab_size: int) -> RoundState:
-    """Feed ``prompt[:-1]`` to both models; the last prompt token opens the first round."""
-    input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
+    """Feed ``prompt[:-1]`` to both models; the last prompt token opens the first round.
+
+    PARD-2: the target's prefill also yields the prompt's features; the draft's prefill adds them
+    shifted right by one, and the last one is kept for the last prompt token (no second target run).
+    """
+    input_ids, attention_mask, pard2 = inputs.input_ids, inputs.attention_mask, inputs.pard2
     batch, prompt_len = input_ids.shape
     pad = (attention_mask == 0).sum(1)  # (B,)
-    for cache, fn in ((models.target_cache, models.target), (models.draft_cache, models.draft)):
+    layers = pard2.target_layers if pard2 is not None else None
+    for cache in (models.target_cache, models.draft_cache):
         cache.begin(pad)
-        if prompt_len > 1:
-            fn(cache, input_ids[:, :-1], cache.contiguous_slots(prompt_len - 1), logits_to_keep=1, compiled=False)
+    features = None
+    if prompt_len > 1:
+        body, slots = input_ids[:, :-1], models.target_cache.contiguous_slots(prompt_len - 1)
+        _, features = models.target(models.target_cache, body, slots, logits_to_keep=1, compiled=False,
+                                    feature_layers=layers)  # (B, P-1, D) | None
+        embeds = None
+        if pard2 is not None:
+            shifted = shift_right(features, attention_mask[:, :-1])  # (B, P-1, D)
+            embeds = draft_inputs_embeds(models.draft.model, body, shifted, pard2.scale)
+        models.draft(models.draft_cache, body, slots, logits_to_keep=1, compiled=False, inputs_embeds=embeds)
+        for cache in (models.target_cache, models.draft_cache):
             cache.advance(torch.full_like(pad, prompt_len - 1))
     k = inputs.k
     tokens = input_ids.new_full((batch, prompt_len + inputs.max_new_tokens + k + 1), inputs.pad_token_id)
@@ -152,7 +183,16 @@ def prefill(models: PardModels, inputs: LoopInputs, vocab_size: int) -> RoundSta
         num_unseen=torch.ones_like(pad),
         scores=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_scores else None,
         logits=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_logits else None,
+        unseen_features=None if pard2 is None else _last_prompt_feature(features, attention_mask, pard2, models),
     )
+
+
+def _last_prompt_feature(features, attention_mask, pard2: Pard2Config, models: PardModels) -> torch.Tensor:
+    """Feature of the last prompt token's predecessor (zeros for a one-token prompt): (B, 1, D)."""
+    if features is None:
+        embedding = models.draft.model.get_input_embeddings().weight
+        return embedding.new_zeros(attention_mask.shape[0], 1, pard2.target_dim)
+    return features[:, -1:] * attention_mask[:, -2, None, None].to(features.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,8 +221,12 @@ def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int
     """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, V_target)."""
     width = 2 * inputs.k if models.static_draft_width else max_unseen + k - 1
     input_ids, slots = draft_layout(state, models.draft_cache, k, inputs.spec.mask_token_id, width)
-    logits = models.draft(models.draft_cache, input_ids, slots, logits_to_keep=k)  # (B, K, Vd)
-    logits = _to_target_vocab(logits[:, -k:], inputs.spec.target_vocab_size)
+    embeds = None
+    if inputs.pard2 is not None:
+        features = draft_round_features(state.unseen_features, state.num_unseen, k, width)  # (B, W, D)
+        embeds = draft_inputs_embeds(models.draft.model, input_ids, features, inputs.pard2.scale)
+    logits, _ = models.draft(models.draft_cache, input_ids, slots, logits_to_keep=k, inputs_embeds=embeds)
+    logits = _to_target_vocab(logits[:, -k:], inputs.spec.target_vocab_size)  # (B, K, V)
     # The mask slots' keys are discarded: only the unseen real tokens become live.
     models.draft_cache.advance(torch.where(state.finished, 0, state.num_unseen))
     return logits
@@ -201,11 +245,13 @@ def _to_target_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def verify_step(models: PardModels, state: RoundState, draft_tokens: torch.Tensor) -> torch.Tensor:
-    """Target forward over ``[last_token, d_1..d_K]``; returns its logits at the K+1 slots (B, K+1, V)."""
+def verify_step(models: PardModels, state: RoundState, draft_tokens: torch.Tensor, inputs: LoopInputs):
+    """Target forward over ``[last_token, d_1..d_K]``: logits at the K+1 slots (B, K+1, V) and, in
+    PARD-2 mode, the features of those slots (B, K+1, D)."""
     verify_ids = torch.cat([state.last_token[:, None], draft_tokens], dim=1)  # (B, K+1)
     slots = models.target_cache.contiguous_slots(verify_ids.shape[1])  # (B, K+1)
-    return models.target(models.target_cache, verify_ids, slots)
+    layers = inputs.pard2.target_layers if inputs.pard2 is not None else None
+    return models.target(models.target_cache, verify_ids, slots, feature_layers=layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +308,9 @@ def apply_criteria(
 # ----------------------------------------------------------------------------------------------
 
 
-def commit(models: PardModels, state: RoundState, chunk, length, finished, scores, logits) -> None:
-    """Append each row's chunk, advance the target cache, and hand the chunk to the draft."""
+def commit(models: PardModels, state: RoundState, chunk, length, finished, scores, logits, features=None) -> None:
+    """Append each row's chunk, advance the target cache, and hand the chunk (and, PARD-2, the
+    features of its predecessors: verify slots 0..a) to the draft."""
     cols = torch.arange(chunk.shape[1], device=chunk.device)  # (K+1,)
     keep = cols < length[:, None]  # (B, K+1)
     write_at = state.prompt_len + state.num_generated[:, None] + cols  # (B, K+1)
@@ -278,6 +325,8 @@ def commit(models: PardModels, state: RoundState, chunk, length, finished, score
     state.last_token = torch.where(length > 0, last, state.last_token)
     state.unseen = chunk
     state.num_unseen = torch.where(length > 0, length, 1)
+    if features is not None:  # only rows that committed something (unfinished rows) read them
+        state.unseen_features = features
     state.finished = finished
 
 
@@ -333,7 +382,7 @@ def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: D
             draft_tokens, q = verifier.propose(state, draft_logits)  # (B, K), (B, K, V) | None
         else:  # drafting switched off: a plain target step
             draft_tokens, q = state.last_token.new_zeros(state.last_token.shape[0], 0), None
-        target_logits = verify_step(models, state, draft_tokens)  # (B, K+1, V)
+        target_logits, features = verify_step(models, state, draft_tokens, inputs)  # (B, K+1, V), (B, K+1, D)
         chunk, length, scores = verifier.accept(state, draft_tokens, q, target_logits)  # (B, K+1), (B,)
         length, finished = apply_stopping(chunk, length, state, inputs)
         if inputs.stopping_criteria:
@@ -341,7 +390,7 @@ def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: D
         active = ~state.finished
         committed, rows = (length * active).sum(), active.sum()
         histogram += (torch.nn.functional.one_hot(length, inputs.k + 2) * active[:, None]).sum(0)
-        commit(models, state, chunk, length, finished, scores, target_logits)
+        commit(models, state, chunk, length, finished, scores, target_logits, features)
         stats.k_per_round.append(k)
         # The round's single host sync: loop control, the next draft width, the schedule, the streamer.
         all_done, max_unseen, committed, rows, first_len = torch.stack(

@@ -8,7 +8,9 @@ Private ``GenerationMixin`` helpers used (tested with transformers 5.23): ``_pre
 ``_prepare_special_tokens``, ``_get_logits_processor``, ``_get_stopping_criteria``.
 
 PARD-specific ``generate`` keywords: ``pard_draft``; ``pard_min_tau`` (auto-disable threshold, default
-1.3, None = never); ``pard_tau_window`` (rounds it looks back, default 8).
+1.3, None = never); ``pard_tau_window`` (rounds it looks back, default 8); ``pard_mode`` for PARD-2
+drafts ("dependent" = fed the target's hidden states, "independent" = draft alone; default: dependent
+when the draft carries a projection matching the target, else independent).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .assisted import is_assisted_call, parallel_draft_candidates
 from .cache import PardCacheManager
 from .draft_config import DEFAULT_K, is_pard_draft, validate_draft
 from .engine import LoopInputs, PardStats, build_models, pard_decode
+from .pard2 import MODES, Pard2Config
 from .schedule import DraftSchedule, ScheduleConfig
 from .scoring import Scorer
 from .verification import GreedyVerifier, SamplingVerifier
@@ -197,6 +200,7 @@ def _pop_call_arguments(kwargs: dict) -> dict:
         "prefix_allowed_tokens_fn": kwargs.pop("prefix_allowed_tokens_fn", None),
         "streamer": kwargs.pop("streamer", None),
         "tokenizer": kwargs.pop("tokenizer", None),
+        "pard_mode": kwargs.pop("pard_mode", None),
         "schedule": ScheduleConfig(
             schedule=kwargs.pop("num_assistant_tokens_schedule", None) or "constant",
             min_tau=kwargs.pop("pard_min_tau", ScheduleConfig.min_tau),
@@ -228,6 +232,34 @@ def _schedule(model, config, call_args, k: int, compiled: bool) -> DraftSchedule
     if schedule_config.schedule == "heuristic":
         k_start = min(getattr(model, "_pard_heuristic_k", k), k)
     return DraftSchedule(schedule_config, k_start=k_start, k_max=k)
+
+
+def _pard2_mode(model, draft, requested: str | None) -> Pard2Config | None:
+    """The PARD-2 settings for target-dependent mode, or None for the draft alone."""
+    if requested is not None and requested not in MODES:
+        raise ValueError(f"pard_mode must be one of {MODES}, got {requested!r}.")
+    pard2 = Pard2Config.from_model_config(draft.config)
+    if requested == "independent" or (pard2 is None and requested is None):
+        return None
+    if pard2 is None or getattr(draft, "target_proj", None) is None:
+        raise ValueError(
+            "pard_mode='dependent' needs a PARD-2 draft with its target projection (config key pard2 and "
+            "pard2_proj.safetensors / warp_model.bin); load it with PardAutoModelForCausalLM.from_pretrained."
+        )
+    hidden = model.config.get_text_config().hidden_size
+    expected = hidden * len(pard2.target_layers)
+    num_states = model.config.get_text_config().num_hidden_layers + 1
+    fits = expected == pard2.target_dim and all(-num_states <= i < num_states for i in pard2.target_layers)
+    if not fits:
+        if requested == "dependent":
+            raise ValueError(
+                f"This PARD-2 draft expects target features of size {pard2.target_dim} from layers "
+                f"{list(pard2.target_layers)}, but this target gives {hidden} x {len(pard2.target_layers)} = "
+                f"{expected} over {num_states} hidden states: it was trained for another target. Use "
+                "pard_mode='independent'."
+            )
+        return None  # documented fallback: the draft alone (target-independent mode)
+    return pard2
 
 
 def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
@@ -287,6 +319,7 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
         streamer=streamer,
         keep_scores=bool(config.return_dict_in_generate and config.output_scores),
         keep_logits=bool(config.return_dict_in_generate and config.output_logits),
+        pard2=_pard2_mode(model, draft, call_args["pard_mode"]),
     )
     options = pard_options(model)
     compile_mode = options.resolved_compile_mode(device)

@@ -8,9 +8,13 @@ class or function is modified.
 
 from __future__ import annotations
 
-from transformers import AutoModelForCausalLM
+import os
 
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .draft_io import is_compact_draft, load_compact_draft
 from .generation import PardGenerationMixin, PardOptions
+from .pard2 import load_projection
 
 _PARD_CLASSES: dict[type, type] = {}
 
@@ -63,11 +67,42 @@ class PardAutoModelForCausalLM:
         raise EnvironmentError("Use PardAutoModelForCausalLM.from_pretrained(...) or .from_config(...).")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, pard_compile: bool = False,
-                        pard_max_cache_len: int | None = None, **kwargs):
-        model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *args,
+        pard_compile: bool = False,
+        pard_max_cache_len: int | None = None,
+        pard_target=None,
+        **kwargs,
+    ):
+        """Load a target or a PARD draft, PARD-enabled.
+
+        PARD-2 drafts get their ``target_proj`` (from ``pard2_proj.safetensors`` or ``warp_model.bin``).
+        Compact drafts (``pard_embedding_from_target``) need ``pard_target=`` to borrow its embedding.
+        """
+        path = str(pretrained_model_name_or_path)
+        config = AutoConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k in ("revision", "token")})
+        if is_compact_draft(config):
+            if pard_target is None:
+                raise ValueError(f"{path} is a compact PARD draft: pass pard_target=<the target model> to load it.")
+            model = load_compact_draft(path, target=pard_target, dtype=kwargs.get("dtype"))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if getattr(model.config, "pard2", False):
+            local = path if os.path.isdir(path) else _model_folder(path, kwargs)
+            load_projection(model, local)
+            model.target_proj.to(device=model.device, dtype=model.dtype)
         return enable_pard(model, compile=pard_compile, max_cache_len=pard_max_cache_len)
 
     @classmethod
     def from_config(cls, config, **kwargs):
         return enable_pard(AutoModelForCausalLM.from_config(config, **kwargs))
+
+
+
+def _model_folder(repo_id: str, kwargs: dict) -> str:
+    """The local folder ``from_pretrained`` just resolved for a Hub id (its cached config.json's folder)."""
+    from transformers.utils import cached_file
+
+    return os.path.dirname(cached_file(repo_id, "config.json", revision=kwargs.get("revision")))

@@ -203,3 +203,27 @@ def tiny_tokenizer(vocab_size: int = 96):
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def tiny_pard2_draft(target, *, layers=(-1, 1), scale: float = 0.5, seed: int = 7, proj_bias: bool = True,
+                     perturb: float | None = 0.2):
+    """A PARD-2 draft for ``target`` with a random ``target_proj`` over ``layers`` of its hidden states.
+
+    ``perturb`` (default) starts from a noisy copy of the target so rows accept different amounts;
+    None gives an untrained smaller draft.
+    """
+    from .pard2 import Pard2Config, make_projection
+
+    draft = perturbed_pard_draft(target, noise=perturb, seed=seed) if perturb is not None else tiny_pard_draft(target, seed=seed)
+    hidden = target.config.hidden_size
+    draft.config.spd_type = "pard2"
+    draft.config.pard2 = True
+    draft.config.pard2_scale = scale
+    draft.config.pard2_target_layers = list(layers)
+    draft.config.pard2_target_dim = hidden * len(layers)
+    draft.config.pard2_proj_bias = proj_bias
+    torch.manual_seed(seed)
+    make_projection(draft, Pard2Config.from_model_config(draft.config))
+    with torch.no_grad():
+        draft.target_proj.weight.normal_(0.0, 0.2)
+    return draft

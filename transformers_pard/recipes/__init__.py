@@ -1,0 +1,1 @@
+"""End-to-end recipes that turn a real target into a trained PARD draft."""

