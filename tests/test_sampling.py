@@ -122,3 +122,14 @@ def test_seeded_sampling_is_reproducible(models):
     runs = [target.generate(PROMPT, pard_draft=draft, max_new_tokens=10, do_sample=True, num_assistant_tokens=3,
                             pard_min_tau=None) for _ in range(2) if torch.manual_seed(7) is not None]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_sampling_keeps_working_after_auto_disable(models):
+    """A useless draft is switched off mid-call; the plain steps that follow still sample from p."""
+    target, draft = models
+    torch.manual_seed(3)
+    out = target.generate(PROMPT.repeat(4, 1), pard_draft=draft, max_new_tokens=24, do_sample=True,
+                          pard_min_tau=5.0, pard_tau_window=2, eos_token_id=None, return_dict_in_generate=True)
+    stats = out.pard_stats
+    assert stats.drafting_disabled_at == 2 and set(stats.k_per_round[2:]) == {0}
+    assert out.sequences.shape[1] <= PROMPT.shape[1] + 24

@@ -63,12 +63,14 @@ class SamplingVerifier:
         scores = self.scorer.scores(state, draft_tokens, target_logits)  # (B, K+1, V)
         p = torch.softmax(scores, -1)  # (B, K+1, V)
         k = draft_tokens.shape[1]
+        if q is None:  # K = 0 (drafting switched off): a plain sampling step from p
+            q = p[:, :0]  # (B, 0, V)
         p_d = p[:, :k].gather(-1, draft_tokens[..., None])[..., 0]  # (B, K) p_{j-1}(d_j)
         q_d = q.gather(-1, draft_tokens[..., None])[..., 0]  # (B, K) q_j(d_j) > 0: d_j was drawn from q_j
         accepted = torch.rand_like(p_d) * q_d < p_d  # u < p/q
         num_accepted = accepted.long().cumprod(dim=1).sum(dim=1)  # (B,)
         next_token = self._sample_after(p, q, num_accepted)  # (B,)
-        chunk = torch.cat([draft_tokens, draft_tokens[:, :1]], dim=1)  # (B, K+1)
+        chunk = torch.cat([draft_tokens, draft_tokens.new_zeros(draft_tokens.shape[0], 1)], dim=1)  # (B, K+1)
         chunk = chunk.scatter(1, num_accepted[:, None], next_token[:, None])
         return chunk, num_accepted + 1, scores
 
@@ -78,7 +80,7 @@ class SamplingVerifier:
         batch, slots, vocab = p.shape
         rows = torch.arange(batch, device=p.device)
         p_a = p[rows, num_accepted]  # (B, V)
-        q_padded = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)  # (B, K+1, V): no q after d_K
+        q_padded = torch.cat([q, q.new_zeros(batch, 1, vocab)], dim=1)  # (B, K+1, V): no q after d_K
         residual = (p_a - q_padded[rows, num_accepted]).clamp(min=0)  # (B, V)
         mass = residual.sum(-1, keepdim=True)
         # mass == 0 only when p_a == q exactly, where rejection has probability 0: keep p_a.

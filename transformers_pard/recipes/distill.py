@@ -37,10 +37,14 @@ def distill(
     todo = [job for job in jobs if job[0] not in done]
     # Similar lengths together: less padding per batch. Greedy and sampled jobs go in separate batches.
     todo.sort(key=lambda job: (job[2], len(job[1])))
+    batches = [
+        group[start : start + batch_size]
+        for group in ([job for job in todo if not job[2]], [job for job in todo if job[2]])
+        for start in range(0, len(group), batch_size)
+    ]
     written = 0
     with open(out_path, "a") as out, tqdm(total=len(todo), desc="self-distillation", unit="answer") as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+        for batch in batches:
             for (job_id, prompt, sampled), answer in zip(batch, _answer(model, tokenizer, batch, max_new_tokens, temperature)):
                 row = {"id": job_id, "mode": "sampled" if sampled else "greedy", "messages": [
                     {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}

@@ -1,0 +1,53 @@
+"""Helpers for the training tests: a tiny word-level tokenizer, draft folder and jsonl corpus, built in code."""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import PreTrainedTokenizerFast
+
+from transformers_pard.testing import tiny_causal_lm
+
+#: ids 0/1/2 match transformers_pard.testing.tiny_config (pad/bos/eos)
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+#: a chat template whose markup is made of whole words of the tiny vocabulary
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+#: the words of the tiny training corpora (ids 6..29)
+WORDS = [f"w{i}" for i in range(24)]
+
+
+def word_tokenizer(words, *, chat_template: str | None = CHAT_TEMPLATE, pad_token: str = "<pad>"):
+    """A whitespace word-level tokenizer: specials first (ids 0..3), then ``words`` in order."""
+    vocab = {token: i for i, token in enumerate([*SPECIALS, "<user>", "<assistant>", *words])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=pad_token, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def write_draft(folder, *, seed: int = 0):
+    """A tiny AR draft + tokenizer saved as a plain HF folder (what --draft points at)."""
+    tokenizer = word_tokenizer(WORDS)
+    model = tiny_causal_lm("llama", seed=seed, vocab_size=len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def text_records(n: int = 16):
+    return [{"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(12))} for i in range(n)]
