@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .pard2 import load_projection, save_projection
+
 COMPACT_KEY = "pard_embedding_from_target"
 MASK_ROW_KEY = "pard.mask_embedding"
 WEIGHTS = "model.safetensors"
@@ -46,6 +48,8 @@ def save_compact_draft(draft, path: str, *, dtype: torch.dtype = torch.bfloat16,
     config[COMPACT_KEY] = True
     config["dtype"] = str(dtype).removeprefix("torch.")
     type(draft.config).from_dict(config).save_pretrained(path)
+    if getattr(draft, "target_proj", None) is not None:  # PARD-2
+        save_projection(draft, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
@@ -73,6 +77,8 @@ def load_compact_draft(path: str, *, target, dtype: torch.dtype | None = None):
         embedding.copy_(target_embedding.to(dtype))
         embedding[int(config.pard_token)] = mask_row.to(dtype)
     draft.tie_weights()
+    if load_projection(draft, path) is not None:
+        draft.target_proj.to(dtype)
     return draft.to(target_embedding.device).eval()
 
 
@@ -92,4 +98,6 @@ def load_draft(path: str, *, target, dtype: torch.dtype | None = None):
         return load_compact_draft(path, target=target, dtype=dtype)
     dtype = dtype or next(target.parameters()).dtype
     draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    if load_projection(draft, path) is not None:
+        draft.target_proj.to(dtype)
     return draft.to(next(target.parameters()).device).eval()

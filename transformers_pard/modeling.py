@@ -86,13 +86,12 @@ class PardAutoModelForCausalLM:
         if is_compact_draft(config):
             if pard_target is None:
                 raise ValueError(f"{path} is a compact PARD draft: pass pard_target=<the target model> to load it.")
-            model = load_compact_draft(path, target=pard_target, dtype=kwargs.get("dtype"))
+            model = load_compact_draft(path, target=pard_target, dtype=kwargs.get("dtype"))  # + PARD-2 projection
         else:
             model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if getattr(model.config, "pard2", False):
-            local = path if os.path.isdir(path) else _model_folder(path, kwargs)
-            load_projection(model, local)
-            model.target_proj.to(device=model.device, dtype=model.dtype)
+            if getattr(model.config, "pard2", False):  # PARD-2: attach target_proj
+                load_projection(model, path if os.path.isdir(path) else _model_folder(path, kwargs))
+                model.target_proj.to(device=model.device, dtype=model.dtype)
         return enable_pard(model, compile=pard_compile, max_cache_len=pard_max_cache_len)
 
     @classmethod

@@ -153,6 +153,18 @@ class OracleDraft(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(logits=logits)
 
 
+def left_padded_batch(lengths, seed: int, *, vocab: int = 90, pad_token_id: int = 0):
+    """Random prompts (ids 3..vocab-1) of the given lengths, left-padded: (input_ids, attention_mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad_token_id)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.randint(3, vocab, (n,), generator=generator)
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
 def reference_by_position(sequences: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """Strip each row's left padding so that column p holds the token at position p: (B, L)."""
     pads = (attention_mask == 0).sum(1)  # (B,)

