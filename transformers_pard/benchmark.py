@@ -24,7 +24,7 @@ import torch
 
 from .modeling import enable_pard
 
-METHODS = ("plain", "assisted", "lookup", "pard", "pard-compiled")
+METHODS = ("plain", "assisted", "lookup", "pard", "pard-compiled", "pard2", "pard2-independent")
 
 
 @dataclass
@@ -99,8 +99,10 @@ def peak_memory_mb(device) -> float:
 class Runner:
     """Builds each method's ``generate`` call once; ``run`` times one prompt."""
 
-    def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, k: int = 8, max_new_tokens: int = 128):
+    def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
+                 max_new_tokens: int = 128):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
+        self.pard2_draft = pard2_draft
         self.k, self.max_new_tokens = k, max_new_tokens
         self.compiled = None
 
@@ -114,6 +116,10 @@ class Runner:
             return self.target, {**common, "prompt_lookup_num_tokens": 10}
         if method == "pard":
             return self.target, {**common, "pard_draft": self.draft, "num_assistant_tokens": self.k}
+        if method in ("pard2", "pard2-independent"):
+            mode = "dependent" if method == "pard2" else "independent"
+            return self.target, {**common, "pard_draft": self.pard2_draft, "num_assistant_tokens": self.k,
+                                 "pard_mode": mode}
         if method == "pard-compiled":
             if self.compiled is None:
                 self.compiled = enable_pard(copy.deepcopy(self.target), compile=True)

@@ -75,12 +75,18 @@ def bench(args: argparse.Namespace) -> None:
             raise SystemExit("--methods assisted needs --ar-draft (an autoregressive draft of the same size).")
         ar_draft = load_draft(args.ar_draft, target=target)
         ar_draft.config.spd_type = None  # plain HF assisted generation, not the PARD route
+    pard2_draft = None
+    if any(m.startswith("pard2") for m in methods):
+        if args.pard2_draft is None:
+            raise SystemExit("--methods pard2 / pard2-independent need --pard2-draft.")
+        pard2_draft = load_draft(args.pard2_draft, target=target)
     prompts = []
     for path in args.prompts:
         with open(path) as f:
             lines = [json.loads(line)["data"] for line in f if line.strip()]
         prompts += lines[: args.limit] if args.limit else lines
-    runner = Runner(target, tokenizer, draft=draft, ar_draft=ar_draft, k=args.k, max_new_tokens=args.max_new_tokens)
+    runner = Runner(target, tokenizer, draft=draft, ar_draft=ar_draft, pard2_draft=pard2_draft, k=args.k,
+                    max_new_tokens=args.max_new_tokens)
     report = run_benchmark(runner, prompts, methods, progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
     tau = report["methods"].get("pard", {}).get("tau")
@@ -89,7 +95,8 @@ def bench(args: argparse.Namespace) -> None:
         report["ideal"]["efficiency"] = report["methods"]["pard"]["speedup_vs_plain"] / report["ideal"]["ideal_speedup"]
     report["environment"] = environment()
     report["settings"] = {"k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
-                          "prompts": args.prompts, "limit": args.limit, "draft": args.draft, "ar_draft": args.ar_draft}
+                          "prompts": args.prompts, "limit": args.limit, "draft": args.draft, "ar_draft": args.ar_draft,
+                          "pard2_draft": args.pard2_draft}
     print(format_table(report))
     if "ideal" in report:
         ideal = report["ideal"]
@@ -126,9 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="smollm2", choices=["smollm2"], help="the embedded real model")
     p.add_argument("--draft", default=DEFAULT_DRAFT)
     p.add_argument("--ar-draft", default=None, help="autoregressive draft for HF assisted generation")
+    p.add_argument("--pard2-draft", default=None, help="PARD-2 draft for the pard2 / pard2-independent methods")
     p.add_argument("--prompts", nargs="+", required=True, help='jsonl files with {"data": ...} lines')
     p.add_argument("--limit", type=int, default=20, help="first N prompts of each file (0 = all)")
-    p.add_argument("--methods", default="plain,assisted,lookup,pard")
+    p.add_argument("--methods", default="plain,assisted,lookup,pard",
+                   help="comma-separated: plain, assisted, lookup, pard, pard-compiled, pard2, pard2-independent")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--dtype", choices=DTYPES, default="fp32")

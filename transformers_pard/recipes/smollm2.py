@@ -89,9 +89,11 @@ PARD2_LAYERS = (-1, -8, -16, -24)
 def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float = 1.0, max_steps: int = -1,
                 batch_size: int = 4, grad_accum: int = 2, learning_rate: float = 3e-4, cod_ratio: float = 0.7,
                 cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0,
-                pard2: bool = False) -> str:
+                pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
-    CAT + KD and the target's features, the target running in this process). Returns the run folder."""
+    CAT + KD and the target's features, the target running in this process). ``init_from`` starts
+    from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
+    Returns the run folder."""
     from ..training import Pard2Options, PardTrainConfig, train_draft
 
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
@@ -100,10 +102,11 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         target, tokenizer = load_smollm2()
         build_cut_draft(target, num_layers).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
+    init_dir = init_from or init_dir
     mask_id = _mask_token_id(init_dir)
     config = PardTrainConfig(
         draft=init_dir, data=(os.path.join(out_dir, DATA_FILE),), output=run_dir, k=k, cod_ratio=cod_ratio,
-        cod_min=cod_min, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, warmup_steps=20,
+        cod_min=cod_min, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
@@ -208,6 +211,8 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--export-dir", default=None)
     parser.add_argument("--pard2", action="store_true", help="PARD-2 (CAT + KD + target features) draft")
+    parser.add_argument("--init-from", default=None, help="start training from this draft folder")
+    parser.add_argument("--warmup-steps", type=int, default=20)
 
 
 def run_stage(stage: str, args) -> None:
@@ -215,7 +220,7 @@ def run_stage(stage: str, args) -> None:
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1)
     elif stage == "train":
         train_stage(args.out, k=args.k, num_layers=args.num_layers, epochs=args.epochs, max_steps=args.max_steps,
-                    learning_rate=args.lr, pard2=args.pard2)
+                    learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps)
     elif stage == "eval":
         eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2)
     else:
