@@ -137,7 +137,17 @@ def run_train(args: argparse.Namespace) -> Path:
     if is_main_process():
         kind = "PARD-2" if getattr(args, "pard2", False) else "PARD"
         print(f"{kind} draft saved to {output}")
+    shutdown_distributed()
     return output
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before exit: gloo workers left running abort the process at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
