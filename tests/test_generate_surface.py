@@ -168,5 +168,6 @@ def test_auto_disable_falls_back_to_plain_steps(target):
     assert torch.equal(out.sequences, expected)
     stats = out.pard_stats
     assert stats.drafting_disabled_at == 4 and stats.draft_forwards == 4
+    assert stats.drafting_tau == 1.0 and stats.drafting_row_rounds == 2 * 4  # the 4 drafting rounds, 2 rows
     assert draft.forward_calls == 1 + 4  # prefill + 4 drafting rounds, then none
     assert stats.k_per_round[4:] == [0] * (30 - 4)

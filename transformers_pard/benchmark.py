@@ -36,6 +36,8 @@ class MethodResult:
     target_forwards: list[int] = field(default_factory=list)
     committed: int = 0
     rounds: int = 0
+    drafting_committed: int = 0
+    drafting_rounds: int = 0
     histogram: list[int] = field(default_factory=list)
 
     @property
@@ -52,6 +54,7 @@ class MethodResult:
             "identical_to_plain": f"{sum(self.identical)}/{len(self.identical)}",
             "target_forwards": sum(self.target_forwards),
             "tau": self.committed / self.rounds if self.rounds else None,
+            "drafting_tau": self.drafting_committed / self.drafting_rounds if self.drafting_rounds else None,
             "acceptance_histogram": self.histogram or None,
         }
 
@@ -168,6 +171,8 @@ def run_benchmark(runner: Runner, prompts: list[str], methods: list[str], *, pro
             if stats is not None and method.startswith("pard"):
                 res.committed += stats.committed_tokens
                 res.rounds += stats.row_rounds
+                res.drafting_committed += stats.drafting_committed
+                res.drafting_rounds += stats.drafting_row_rounds
                 res.histogram = [a + b for a, b in zip(res.histogram, stats.accepted_histogram)] or list(stats.accepted_histogram)
         if progress is not None:
             progress(index + 1, len(prompts))
@@ -202,11 +207,11 @@ def environment() -> dict:
 
 
 def format_table(report: dict) -> str:
-    rows = [("method", "tok/s (median)", "speedup", "identical", "tau", "target fwd")]
+    rows = [("method", "tok/s (median)", "speedup", "identical", "tau", "tau (drafting rounds)", "target fwd")]
     for name, m in report["methods"].items():
-        tau = f"{m['tau']:.2f}" if m["tau"] is not None else "-"
+        tau, drafting = (f"{m[key]:.2f}" if m.get(key) is not None else "-" for key in ("tau", "drafting_tau"))
         rows.append((name, f"{m['median_tokens_per_s']:.1f}", f"{m['speedup_vs_plain']:.2f}x",
-                     m["identical_to_plain"], tau, str(m["target_forwards"])))
+                     m["identical_to_plain"], tau, drafting, str(m["target_forwards"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -89,7 +89,8 @@ def bench(args: argparse.Namespace) -> None:
                     max_new_tokens=args.max_new_tokens)
     report = run_benchmark(runner, prompts, methods, progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
-    tau = report["methods"].get("pard", {}).get("tau")
+    pard = report["methods"].get("pard", {})
+    tau = pard.get("drafting_tau") or pard.get("tau")  # the draft's own acceptance (plain steps excluded)
     if tau:
         report["ideal"] = ideal_speedup(target, draft, k=args.k, tau=tau)
         report["ideal"]["efficiency"] = report["methods"]["pard"]["speedup_vs_plain"] / report["ideal"]["ideal_speedup"]

@@ -45,6 +45,9 @@ class PardStats:
     k_per_round: list[int] = field(default_factory=list)
     #: Round at which drafting was switched off for low acceptance, or None.
     drafting_disabled_at: int | None = None
+    #: Committed tokens and row-rounds of the rounds that drafted (K > 0): the draft's own tau.
+    drafting_committed: int = 0
+    drafting_row_rounds: int = 0
     wall_time_s: float = 0.0
 
     def __post_init__(self):
@@ -55,6 +58,11 @@ class PardStats:
     def tau(self) -> float:
         """Mean accepted length: tokens committed per row per target verify forward."""
         return self.committed_tokens / max(self.row_rounds, 1)
+
+    @property
+    def drafting_tau(self) -> float:
+        """tau over the rounds that drafted (excludes plain steps after an auto-disable)."""
+        return self.drafting_committed / max(self.drafting_row_rounds, 1)
 
 
 @dataclass
@@ -397,6 +405,9 @@ def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: D
             [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0]]
         ).tolist()
         stream(inputs.streamer, chunk, first_len)
+        if k > 0:
+            stats.drafting_committed += committed
+            stats.drafting_row_rounds += rows
         schedule.update(committed=committed, rows=rows, all_accepted=committed == rows * (k + 1))
         if all_done:
             break

@@ -7,7 +7,7 @@ import json
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, TrainingArguments
 
 from transformers_pard.testing import tiny_causal_lm
 
@@ -51,3 +51,17 @@ def write_jsonl(path, records):
 
 def text_records(n: int = 16):
     return [{"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(12))} for i in range(n)]
+
+
+def trainer_args(tmp_path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        save_strategy="no",
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import TrainingArguments
 
 from transformers_pard.testing import tiny_causal_lm
 from transformers_pard.training import PardDataCollator, PardTrainer, measure_tau, prepare_draft
 
-from .helpers import word_tokenizer
+from .helpers import trainer_args, word_tokenizer
 
 V = 24
 K = 4
@@ -50,19 +49,8 @@ def train_target(tokenizer, sentences: torch.Tensor, generator: torch.Generator)
 
 
 def train_pard(draft, mask_id: int, examples: list[dict], output_dir) -> None:
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=120,
-        learning_rate=3e-3,
-        warmup_steps=10,
-        per_device_train_batch_size=16,
-        save_strategy="no",
-        remove_unused_columns=False,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = trainer_args(output_dir, max_steps=120, learning_rate=3e-3, warmup_steps=10,
+                        per_device_train_batch_size=16)
     collator = PardDataCollator(mask_token_id=mask_id, k=K, cod_ratio=0.7, cod_min=0.3, pad_token_id=0)
     PardTrainer(model=draft.train(), args=args, train_dataset=examples, data_collator=collator).train()
     draft.eval()

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard
 from transformers_pard.pard2 import PROJ_SAFETENSORS, WARP_FILE, read_projection_state
@@ -31,26 +31,12 @@ from transformers_pard.training import (
 from transformers_pard.training.cli import add_train_parser, config_from_args
 from transformers_pard.training.pard2 import distill_kl, feature_keep_mask, gold_probs, row_features, setup_pard2
 
-from .helpers import WORDS, text_records, word_tokenizer, write_jsonl
+from .helpers import WORDS, text_records, trainer_args, word_tokenizer, write_jsonl
 from .test_learning import K as LEARN_K
 from .test_learning import V, language, train_target
 
 MASK = 39
 LAYERS = (-1, 1)
-
-
-def trainer_args(tmp_path, **overrides) -> TrainingArguments:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        save_strategy="no",
-        remove_unused_columns=False,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
 
 
 def pard2_setup(*, k=4, proj_bias=False, feat_mask=0.0, vocab=40):
