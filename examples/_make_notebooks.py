@@ -106,7 +106,6 @@ steps, on the CPU. The same code runs multi-GPU with `accelerate launch -m trans
     ("code", """
 import json, os, tempfile
 
-import torch
 from transformers_pard.testing import tiny_causal_lm, tiny_tokenizer
 from transformers_pard.training import PardTrainConfig, train_draft
 

@@ -5,7 +5,6 @@ ending a row early) is enumerated from the target itself; >= 20,000 PARD draws a
 with a chi-square test.
 """
 
-import itertools
 
 import pytest
 import torch
