@@ -1,11 +1,16 @@
-"""tau of the SmolLM2 drafts (PARD-1 shipped draft; PARD-2 draft in both modes) without auto-disable.
+"""tau of SmolLM2 drafts (PARD-1, or PARD-2 in either mode) without auto-disable.
 
-    python benchmarks/smollm2_tau.py   # after `recipe smollm2` (K=8) and `recipe smollm2 --pard2 --init-from ...`
+    python benchmarks/smollm2_tau.py \\
+        --draft pard1=transformers_pard/assets/smollm2-pard-k8 \\
+        --draft pard2-dependent=runs/smollm2/draft-k8-l3-pard2:dependent \\
+        --draft pard2-independent=runs/smollm2/draft-k8-l3-pard2:independent \\
+        --out benchmarks/results/smollm2-tau-pard1-vs-pard2.json
 
-Greedy, fp32, K=8, 128 new tokens: the first 10 prompts of each ../shared/bench file, and 10 of the
-recipe's held-out prompts. Writes benchmarks/results/smollm2-tau-pard1-vs-pard2.json.
+Greedy, fp32, K=8, 128 new tokens: the first ``--limit`` (10) prompts of each ../shared/bench file, and
+``--limit`` of the recipe's held-out prompts. Each ``--draft`` is NAME=FOLDER[:MODE].
 """
 
+import argparse
 import json
 import time
 
@@ -16,27 +21,39 @@ from transformers_pard.training import load_prompts, measure_tau
 
 BENCH = ("../shared/bench/gsm8k.jsonl", "../shared/bench/humaneval.jsonl")
 HELDOUT = "runs/smollm2/heldout_prompts.jsonl"
-DRAFTS = (
-    ("pard1", "transformers_pard/assets/smollm2-pard-k8", None),
-    ("pard2-dependent", "runs/smollm2/draft-k8-l3-pard2", "dependent"),
-    ("pard2-independent", "runs/smollm2/draft-k8-l3-pard2", "independent"),
-)
+
+
+def parse_draft(spec: str) -> tuple[str, str, str | None]:
+    name, _, rest = spec.partition("=")
+    path, _, mode = rest.partition(":")
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--draft wants NAME=FOLDER[:MODE], got {spec!r}")
+    return name, path, mode or None
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--draft", type=parse_draft, action="append", required=True)
+    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
     target, tokenizer = load_smollm2()
     target = enable_pard(target)
-    prompt_sets = {"bench": [p for path in BENCH for p in load_prompts(path)[:10]], "heldout": load_prompts(HELDOUT)[:10]}
-    results = {}
-    for name, path, mode in DRAFTS:
+    prompt_sets = {"bench": [p for path in BENCH for p in load_prompts(path)[:args.limit]],
+                   "heldout": load_prompts(HELDOUT)[:args.limit]}
+    results = {"k": args.k, "max_new_tokens": args.max_new_tokens}
+    for name, path, mode in args.draft:
         draft = load_draft(path, target=target)
         for set_name, prompts in prompt_sets.items():
             start = time.time()
-            report = measure_tau(target, draft, tokenizer, prompts, k=8, max_new_tokens=128, pard_mode=mode)
-            results[f"{name}/{set_name}"] = {"tau": report.mean_tau, "histogram": list(report.histogram),
-                                             "prompts": len(prompts)}
+            report = measure_tau(target, draft, tokenizer, prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                                 pard_mode=mode)
+            results[f"{name}/{set_name}"] = {"draft": path, "mode": mode, "tau": report.mean_tau,
+                                             "histogram": list(report.histogram), "prompts": len(prompts)}
             print(name, set_name, report.summary(), f"{time.time() - start:.0f}s", flush=True)
-    with open("benchmarks/results/smollm2-tau-pard1-vs-pard2.json", "w") as f:
+    with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
 

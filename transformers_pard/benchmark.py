@@ -75,7 +75,8 @@ def chat_ids(tokenizer, text: str, device) -> torch.Tensor:
 def forward_cost(model, cache_len: int, width: int, repeats: int = 5) -> float:
     """Median seconds of one forward of ``width`` tokens over a ``cache_len``-token cache (plain HF cache)."""
     device = next(model.parameters()).device
-    ids = torch.randint(100, 1000, (1, cache_len + width), device=device)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, cache_len + width), device=device)  # any ids: only the time counts
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):
@@ -147,8 +148,7 @@ class Runner:
 def run_benchmark(runner: Runner, prompts: list[str], methods: list[str], *, progress=None) -> dict:
     """Every method on every prompt (interleaved, after one warm-up each); returns the report dict."""
     device = next(runner.target.parameters()).device
-    if "plain" not in methods:
-        methods = ["plain", *methods]
+    methods = ["plain", *(m for m in methods if m != "plain")]  # plain first: the reference of every prompt
     results = {m: MethodResult(m) for m in methods}
     warm = chat_ids(runner.tokenizer, prompts[0], device)
     for method in methods:

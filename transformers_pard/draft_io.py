@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .pard2 import load_projection, save_projection
+from .pard2 import PROJ_PREFIX, load_projection, save_projection
 
 COMPACT_KEY = "pard_embedding_from_target"
 MASK_ROW_KEY = "pard.mask_embedding"
@@ -39,9 +39,10 @@ def save_compact_draft(draft, path: str, *, dtype: torch.dtype = torch.bfloat16,
     if not draft.config.tie_word_embeddings:
         raise ValueError("Compact drafts need tied input/output embeddings (the target's matrix serves both).")
     os.makedirs(path, exist_ok=True)
-    skip = _embedding_keys(draft)
+    state = draft.state_dict()
+    skip = _embedding_keys(draft) | {k for k in state if k.startswith(PROJ_PREFIX)}  # PARD-2: own files
     mask_id = int(draft.config.pard_token)
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in draft.state_dict().items() if k not in skip}
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in state.items() if k not in skip}
     tensors[MASK_ROW_KEY] = draft.get_input_embeddings().weight[mask_id].detach().to(dtype).clone()
     save_file(tensors, os.path.join(path, WEIGHTS), metadata={"format": "pt"})
     config = draft.config.to_dict()
@@ -68,6 +69,9 @@ def load_compact_draft(path: str, *, target, dtype: torch.dtype | None = None):
     dtype = dtype or target_embedding.dtype
     draft = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     tensors = load_file(os.path.join(path, WEIGHTS))
+    if MASK_ROW_KEY not in tensors:
+        raise ValueError(f"{path} is marked as a compact draft but its {WEIGHTS} has no '{MASK_ROW_KEY}' (the "
+                         "trained mask-token row); re-export it with transformers_pard.draft_io.save_compact_draft.")
     mask_row = tensors.pop(MASK_ROW_KEY)
     missing, unexpected = draft.load_state_dict(tensors, strict=False)
     if unexpected or set(missing) - _embedding_keys(draft):
@@ -87,7 +91,12 @@ def export_full_draft(draft, path: str, *, tokenizer=None) -> None:
     config = draft.config
     if hasattr(config, COMPACT_KEY):
         delattr(config, COMPACT_KEY)
-    draft.save_pretrained(path)
+    state_dict = None
+    if getattr(draft, "target_proj", None) is not None:  # PARD-2: the projection goes in its own files
+        state_dict = {k: v for k, v in draft.state_dict().items() if not k.startswith(PROJ_PREFIX)}
+    draft.save_pretrained(path, state_dict=state_dict)
+    if state_dict is not None:
+        save_projection(draft, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 

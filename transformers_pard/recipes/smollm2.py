@@ -83,13 +83,32 @@ class FreezeEmbeddingExceptMask(TrainerCallback):
         weight.register_hook(lambda grad: grad * row_mask)
 
 
-PARD2_LAYERS = (-1, -8, -16, -24)
+#: SmolLM2's PARD-2 features: the final (normed) hidden state and layer 11's output. The published
+#: drafts' (-1, -8, -16, -24) are a poor fit here: from layer 12 on, SmolLM2 puts massive activations
+#: (|h| ~ 25,000, rms ~ 100) on the first token, layer 3-8 outputs ~ 660 there, while layer 11 and
+#: the final norm stay small (rms 6 and 2) everywhere. Measured with ``hidden_state_stats`` below.
+PARD2_LAYERS = (-1, -20)
+#: The feature term's scale: with a zero-initialised projection and Adam, the term grows by about
+#: ``scale * lr`` per weight per step, so this is the projection's learning-rate multiplier. 0.1 (vs the
+#: published 0.02) lets a few hundred CPU steps bring it to the size of the token embeddings.
+PARD2_SCALE = 0.1
+
+
+def hidden_state_stats(target, input_ids: torch.Tensor) -> list[dict]:
+    """Per ``output_hidden_states`` index: rms over all positions, rms and max |h| without position 0."""
+    with torch.no_grad():
+        states = target(input_ids, output_hidden_states=True).hidden_states
+    return [{"index": i, "rms": h.float().pow(2).mean().sqrt().item(),
+             "rms_after_first": h[:, 1:].float().pow(2).mean().sqrt().item(),
+             "max_after_first": h[:, 1:].float().abs().max().item()} for i, h in enumerate(states)]
 
 
 def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float = 1.0, max_steps: int = -1,
                 batch_size: int = 4, grad_accum: int = 2, learning_rate: float = 3e-4, cod_ratio: float = 0.7,
                 cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0,
-                pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20) -> str:
+                pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20,
+                run_name: str | None = None, pard2_layers: tuple[int, ...] = PARD2_LAYERS,
+                pard2_scale: float = PARD2_SCALE) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
     CAT + KD and the target's features, the target running in this process). ``init_from`` starts
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
@@ -97,8 +116,8 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
     from ..training import Pard2Options, PardTrainConfig, train_draft
 
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
-    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers, pard2))
-    if not os.path.exists(os.path.join(init_dir, "config.json")):
+    run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))
+    if init_from is None and not os.path.exists(os.path.join(init_dir, "config.json")):
         target, tokenizer = load_smollm2()
         build_cut_draft(target, num_layers).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
@@ -110,9 +129,9 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
-        pard2=Pard2Options(layers=PARD2_LAYERS) if pard2 else None,
+        pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale) if pard2 else None,
     )
-    target = load_smollm2()[0] if pard2 else None
+    target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
     train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)], target=target)
     return run_dir
 
@@ -128,14 +147,14 @@ def run_dir_name(k: int, num_layers: int, pard2: bool = False) -> str:
 
 
 def eval_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, eval_k: int | None = None,
-               max_new_tokens: int = 128, limit: int = 40, pard2: bool = False) -> dict:
+               max_new_tokens: int = 128, limit: int = 40, pard2: bool = False, run_name: str | None = None) -> dict:
     """tau of the trained draft on the held-out prompts (greedy, fp32); written to ``tau.json``.
     A PARD-2 draft is measured in both modes."""
     from ..draft_io import load_draft
     from ..modeling import enable_pard
     from ..training import load_prompts, measure_tau
 
-    run_dir = os.path.join(out_dir, run_dir_name(k, num_layers, pard2))
+    run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))
     target, tokenizer = load_smollm2()
     draft = load_draft(run_dir, target=target)
     prompts = load_prompts(os.path.join(out_dir, HELDOUT_FILE))[:limit]
@@ -154,14 +173,14 @@ def eval_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, eval_k: int | N
 
 
 def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: str | None = None,
-                 pard2: bool = False) -> str:
+                 pard2: bool = False, run_name: str | None = None) -> str:
     """The compact bf16 draft folder (+ tokenizer + model card) for shipping."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..draft_io import save_compact_draft
     from ..pard2 import load_projection
 
-    name = run_dir_name(k, num_layers, pard2)
+    name = run_name or run_dir_name(k, num_layers, pard2)
     run_dir = os.path.join(out_dir, name)
     export_dir = export_dir or os.path.join(out_dir, f"export-{name}")
     draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
@@ -211,8 +230,14 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--export-dir", default=None)
     parser.add_argument("--pard2", action="store_true", help="PARD-2 (CAT + KD + target features) draft")
+    parser.add_argument("--pard2-layers", type=int, nargs="+", default=list(PARD2_LAYERS), metavar="I",
+                        help=f"target hidden states for PARD-2 features (default {' '.join(map(str, PARD2_LAYERS))})")
+    parser.add_argument("--pard2-scale", type=float, default=PARD2_SCALE,
+                        help=f"scale of the PARD-2 feature term (default {PARD2_SCALE})")
     parser.add_argument("--init-from", default=None, help="start training from this draft folder")
     parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--run-name", default=None,
+                        help="run folder under --out (default draft-k{K}-l{layers}[-pard2]); e.g. a continued run")
 
 
 def run_stage(stage: str, args) -> None:
@@ -220,8 +245,10 @@ def run_stage(stage: str, args) -> None:
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1)
     elif stage == "train":
         train_stage(args.out, k=args.k, num_layers=args.num_layers, epochs=args.epochs, max_steps=args.max_steps,
-                    learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps)
+                    learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps,
+                    run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale)
     elif stage == "eval":
-        eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2)
+        eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2, run_name=args.run_name)
     else:
-        print(export_stage(args.out, k=args.k, num_layers=args.num_layers, export_dir=args.export_dir, pard2=args.pard2))
+        print(export_stage(args.out, k=args.k, num_layers=args.num_layers, export_dir=args.export_dir, pard2=args.pard2,
+                           run_name=args.run_name))

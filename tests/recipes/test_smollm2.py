@@ -1,0 +1,220 @@
+"""The SmolLM2 recipe's pieces on tiny Llama models (the real SmolLM2 is never loaded)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from transformers_pard.draft_io import COMPACT_KEY, load_draft
+from transformers_pard.recipes import smollm2
+from transformers_pard.recipes.prompts import build_prompt_records
+from transformers_pard.recipes.smollm2 import (
+    FreezeEmbeddingExceptMask,
+    build_cut_draft,
+    hidden_state_stats,
+    model_card,
+    run_dir_name,
+)
+from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm, tiny_tokenizer
+
+MASK = 95
+IDS = torch.tensor([[1, 5, 9, 20, 33, 7, 41, 12]])
+
+
+def tied_target(num_layers: int = 3, **kwargs):
+    """SmolLM2-like: the token embedding is also the output head."""
+    return tiny_causal_lm("llama", seed=0, num_layers=num_layers, tie_word_embeddings=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# build_cut_draft
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_cut_draft_copies_the_first_layers_exactly(n):
+    target = tied_target(3)
+    draft = build_cut_draft(target, n)
+    assert draft.config.num_hidden_layers == n and target.config.num_hidden_layers == 3
+    assert (draft.config.vocab_size, draft.config.hidden_size) == (target.config.vocab_size, target.config.hidden_size)
+    own, theirs = draft.state_dict(), target.state_dict()
+    kept = {k for k in theirs if not k.startswith("model.layers.") or int(k.split(".")[2]) < n}
+    assert set(own) == kept
+    for key in own:
+        assert torch.equal(own[key], theirs[key]), key
+    assert draft.get_output_embeddings().weight.data_ptr() == draft.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_cut_draft_is_the_target_stopped_after_n_layers(n):
+    """Its hidden states are the target's up to layer n; its logits are the target's head on the
+    target's layer-n state through the same final norm."""
+    target = tied_target(3)
+    draft = build_cut_draft(target, n).eval()
+    with torch.no_grad():
+        ours = draft(IDS, output_hidden_states=True)
+        theirs = target(IDS, output_hidden_states=True).hidden_states
+        normed = target.model.norm(theirs[n])
+        assert len(ours.hidden_states) == n + 1
+        for i in range(n):
+            assert torch.equal(ours.hidden_states[i], theirs[i]), i
+        assert torch.equal(ours.hidden_states[n], normed)
+        assert torch.equal(ours.logits, target.lm_head(normed))
+
+
+def test_cut_of_all_layers_is_the_target():
+    target = tied_target(2)
+    with torch.no_grad():
+        assert torch.equal(build_cut_draft(target, 2).eval()(IDS).logits, target(IDS).logits)
+
+
+def test_cut_draft_is_fp32_and_drops_quantization_settings():
+    target = tied_target(2, dtype=torch.bfloat16)
+    target.config.quantization_config = {"quant_method": "gguf"}  # what a GGUF-loaded target carries
+    draft = build_cut_draft(target, 1)
+    assert draft.dtype == torch.float32
+    assert not hasattr(draft.config, "quantization_config")
+    assert hasattr(target.config, "quantization_config")  # the target's config is left alone
+    assert torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[0].mlp.up_proj.weight.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# FreezeEmbeddingExceptMask
+# ---------------------------------------------------------------------------------------------
+
+
+def train_steps(model, steps: int = 2):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)  # the recipe's weight decay
+    ids = torch.tensor([[1, 5, MASK, MASK, 9, 20, MASK, 7, 33]])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+
+
+def changed_rows(before, after):
+    return (before != after).any(dim=1).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_only_the_mask_row_of_the_embedding_learns(tied):
+    model = tiny_causal_lm("llama", num_layers=1, tie_word_embeddings=tied).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    FreezeEmbeddingExceptMask(MASK).on_train_begin(None, None, None, model=model)
+    train_steps(model)
+    assert changed_rows(before["model.embed_tokens.weight"], model.get_input_embeddings().weight) == [MASK]
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], model.model.layers[0].mlp.up_proj.weight)
+    if tied:  # the tied head is the same matrix: frozen too, except the mask row
+        assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_without_the_callback_many_rows_learn():
+    """The control: the same steps change the rows of every token seen (and, tied, all rows)."""
+    model = tiny_causal_lm("llama", num_layers=1, tie_word_embeddings=True).train()
+    before = model.get_input_embeddings().weight.detach().clone()
+    train_steps(model)
+    assert len(changed_rows(before, model.get_input_embeddings().weight)) > 10
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden_state_stats
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hidden_state_stats_one_entry_per_hidden_state():
+    target = tiny_causal_lm("llama", num_layers=3)
+    stats = hidden_state_stats(target, IDS)
+    with torch.no_grad():
+        states = target(IDS, output_hidden_states=True).hidden_states
+    assert [s["index"] for s in stats] == [0, 1, 2, 3]
+    for s, h in zip(stats, states):
+        assert s["rms"] == pytest.approx(torch.linalg.vector_norm(h).item() / math.sqrt(h.numel()), rel=1e-5)
+        rest = h[0, 1:]
+        assert s["rms_after_first"] == pytest.approx(torch.linalg.vector_norm(rest).item() / math.sqrt(rest.numel()),
+                                                     rel=1e-5)
+        assert s["max_after_first"] == pytest.approx(rest.abs().max().item())
+    assert stats[-1]["rms"] == pytest.approx(1.0, rel=0.05)  # the last one is after the final RMS norm
+
+
+def test_hidden_state_stats_separate_the_first_position():
+    """A massive activation on the first token shows in rms but not in the after-first figures."""
+    target = tiny_causal_lm("llama", num_layers=1)
+    quiet = hidden_state_stats(target, IDS)[0]
+    with torch.no_grad():
+        target.get_input_embeddings().weight[IDS[0, 0]] *= 1000
+    loud = hidden_state_stats(target, IDS)[0]
+    assert loud["rms"] > 100 * quiet["rms"]
+    assert loud["rms_after_first"] == pytest.approx(quiet["rms_after_first"])
+    assert loud["max_after_first"] == pytest.approx(quiet["max_after_first"])
+
+
+# ---------------------------------------------------------------------------------------------
+# names, model card, export
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_dir_name():
+    assert run_dir_name(8, 3) == "draft-k8-l3"
+    assert run_dir_name(1, 2) == "draft-k1-l2"
+    assert run_dir_name(8, 3, True) == "draft-k8-l3-pard2"
+
+
+TAU = {"prompts": 10, "k_eval": 8, "max_new_tokens": 128, "tau": 1.7234}
+
+
+def test_model_card_quotes_the_measurement():
+    card = model_card(k=8, num_layers=3, tau=TAU)
+    assert card.startswith("# SmolLM2-135M-Instruct PARD parallel draft")
+    assert "**tau = 1.72**" in card and "Measured on 10 held-out prompts" in card and "K=8, 128 new tokens" in card
+    assert "first 3 layers" in card and "--k 8 --num-layers 3" in card and "K=8 copies" in card
+    assert "pard_embedding_from_target: true" in card and "load_draft" in card
+
+
+def test_model_card_variants():
+    assert "tau: not measured." in model_card(k=8, num_layers=3, tau=None)
+    assert "autoregressive (K=1) draft" in model_card(k=1, num_layers=3, tau=None)
+    card = model_card(k=8, num_layers=3, tau={**TAU, "tau_independent": 1.781}, pard2=True)
+    assert "PARD-2 dual-mode draft" in card and "Target-independent mode: tau = 1.78." in card
+    assert "Target-independent" not in model_card(k=8, num_layers=3, tau=TAU, pard2=True)
+
+
+def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
+    target = tied_target(2)
+    draft = mark_as_pard_draft(build_cut_draft(target, 1), mask_token_id=MASK)
+    run = tmp_path / "my-run"
+    draft.save_pretrained(run)
+    tiny_tokenizer().save_pretrained(run)
+    (run / "tau.json").write_text(json.dumps(TAU))
+    folder = smollm2.export_stage(str(tmp_path), k=8, num_layers=1, run_name="my-run")
+    assert folder == str(tmp_path / "export-my-run")
+    assert json.loads((tmp_path / "export-my-run" / "config.json").read_text())[COMPACT_KEY] is True
+    assert "**tau = 1.72**" in (tmp_path / "export-my-run" / "README.md").read_text()
+    back = load_draft(folder, target=target)
+    for key, value in draft.state_dict().items():
+        if key not in ("model.embed_tokens.weight", "lm_head.weight"):  # the borrowed matrix is the target's
+            assert torch.equal(back.state_dict()[key], value.bfloat16().float()), key  # bf16 on disk
+    embedding, borrowed = back.get_input_embeddings().weight, target.get_input_embeddings().weight
+    others = torch.arange(borrowed.shape[0]) != MASK
+    assert torch.equal(embedding[others], borrowed[others])
+    assert torch.equal(embedding[MASK], borrowed[MASK].bfloat16().float())  # the stored mask row
+
+
+def test_data_stage_holds_out_prompts_and_distils_the_rest(tmp_path, monkeypatch):
+    model = tiny_causal_lm("llama", num_layers=1, max_positions=1024)
+    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: (model, tiny_tokenizer()))
+    path = smollm2.data_stage(str(tmp_path), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2)
+    held = [json.loads(line)["data"] for line in (tmp_path / smollm2.HELDOUT_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in open(path)]
+    greedy = [r for r in rows if r["mode"] == "greedy"]
+    trained = {r["messages"][0]["content"] for r in rows}
+    assert len(held) == 3 and len(greedy) == 10 and len(trained) == 10
+    assert not set(held) & trained  # held-out prompts never reach the training data
+    assert {r["id"] for r in greedy} == {f"g{i}" for i in range(10)}
+    # one sampled answer more for each non-arithmetic training prompt
+    family = {prompt: name for name, prompt in build_prompt_records(13, seed=0)}
+    sampled = [r for r in rows if r["mode"] == "sampled"]
+    assert all(r["id"].startswith("s0-") for r in sampled)
+    assert sorted(r["messages"][0]["content"] for r in sampled) == sorted(p for p in trained if family[p] != "math")
+    assert len(rows) == len({r["id"] for r in rows})
+    assert all(r["messages"][1]["role"] == "assistant" for r in rows)
