@@ -61,9 +61,10 @@ def _answer(model, tokenizer, batch, max_new_tokens: int, temperature: float) ->
     sampled = groups.pop()
     texts = [chat_prompt(tokenizer, prompt) for _, prompt, _ in batch]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     with torch.no_grad():
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=sampled, temperature=temperature if sampled else None,
-            top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            top_k=None, top_p=None, pad_token_id=pad_id,
         )
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
