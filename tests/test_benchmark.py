@@ -19,6 +19,7 @@ from transformers_pard.benchmark import (
     format_table,
     forward_cost,
     ideal_speedup,
+    parse_methods,
     run_benchmark,
     save_report,
 )
@@ -147,6 +148,16 @@ def test_plain_listed_after_other_methods_is_still_the_reference(runner):
     report = run_benchmark(runner, PROMPTS[:1], ["pard", "plain"])
     assert list(report["methods"]) == ["plain", "pard"]
     assert report["methods"]["pard"]["identical_to_plain"] == "1/1"
+
+
+def test_parse_methods_keeps_order_and_refuses_unknown_or_repeated():
+    assert parse_methods("pard, plain,assisted") == ["pard", "plain", "assisted"]
+    with pytest.raises(ValueError, match="'pard3'.*choose from plain, assisted"):
+        parse_methods("plain,pard3")
+    with pytest.raises(ValueError, match=r"\['pard'\] listed twice"):
+        parse_methods("pard,plain,pard")
+    with pytest.raises(ValueError, match="choose from"):
+        parse_methods(" , ")
 
 
 def test_runner_builds_each_methods_call(runner, target):

@@ -231,3 +231,14 @@ def test_bench_refuses_a_method_without_its_draft(tiny_pair, tmp_path, methods, 
     prompts = write_prompts(tmp_path / "p.jsonl", ["Hi."])
     with pytest.raises(SystemExit, match=flag):
         cli.main(["bench", "--prompts", prompts, "--methods", methods])
+
+
+@pytest.mark.parametrize("methods, message", [("plain,pardd", "'pardd'"), ("plain,pard,pard", "listed twice")])
+def test_bench_refuses_bad_methods_before_loading_models(tmp_path, monkeypatch, methods, message):
+    def no_load(*args, **kwargs):
+        raise AssertionError("models loaded before --methods was checked")
+
+    monkeypatch.setattr(cli, "_load_pair", no_load)
+    prompts = write_prompts(tmp_path / "p.jsonl", ["Hi."])
+    with pytest.raises(SystemExit, match=f"--methods: .*{message}"):
+        cli.main(["bench", "--prompts", prompts, "--methods", methods])

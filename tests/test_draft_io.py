@@ -131,7 +131,9 @@ def test_load_draft_reads_compact_and_plain_folders(target, draft, tmp_path):
 def test_export_full_draft_writes_a_plain_hf_folder(target, draft, tmp_path):
     save_compact_draft(draft, tmp_path / "compact", dtype=torch.float32)
     reloaded = load_compact_draft(str(tmp_path / "compact"), target=target)
+    assert is_compact_draft(reloaded.config)
     export_full_draft(reloaded, tmp_path / "full", tokenizer=tiny_tokenizer())
+    assert is_compact_draft(reloaded.config)  # the draft in memory is left as it was
     config = json.loads((tmp_path / "full" / "config.json").read_text())
     assert COMPACT_KEY not in config
     assert config["pard_token"] == MASK and config["spd_type"] == "pard"

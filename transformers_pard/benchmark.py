@@ -145,6 +145,18 @@ class Runner:
         return out, time.perf_counter() - start, len(calls), getattr(model, "_last_pard_stats", None)
 
 
+def parse_methods(text: str) -> list[str]:
+    """``"plain,pard"`` -> ``["plain", "pard"]``; unknown or repeated names are refused up front."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown benchmark method(s) {unknown or text!r}; choose from {', '.join(METHODS)}.")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ValueError(f"Benchmark method(s) {repeated} listed twice; list each method once.")
+    return methods
+
+
 def run_benchmark(runner: Runner, prompts: list[str], methods: list[str], *, progress=None) -> dict:
     """Every method on every prompt (interleaved, after one warm-up each); returns the report dict."""
     device = next(runner.target.parameters()).device

@@ -64,12 +64,15 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from .benchmark import Runner, environment, format_table, ideal_speedup, run_benchmark, save_report
+    from .benchmark import Runner, environment, format_table, ideal_speedup, parse_methods, run_benchmark, save_report
     from .draft_io import load_draft
 
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as err:
+        raise SystemExit(f"--methods: {err}") from None
     target, draft, tokenizer = _load_pair(args.draft, args.dtype, args.device)
     ar_draft = None
-    methods = args.methods.split(",")
     if "assisted" in methods:
         if args.ar_draft is None:
             raise SystemExit("--methods assisted needs --ar-draft (an autoregressive draft of the same size).")

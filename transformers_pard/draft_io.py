@@ -89,12 +89,15 @@ def load_compact_draft(path: str, *, target, dtype: torch.dtype | None = None):
 def export_full_draft(draft, path: str, *, tokenizer=None) -> None:
     """A plain HF model folder (embedding included) that any PARD reader loads unchanged."""
     config = draft.config
-    if hasattr(config, COMPACT_KEY):
-        delattr(config, COMPACT_KEY)
+    compact = config.__dict__.pop(COMPACT_KEY, None)  # the folder holds the embedding; the draft keeps its flag
     state_dict = None
     if getattr(draft, "target_proj", None) is not None:  # PARD-2: the projection goes in its own files
         state_dict = {k: v for k, v in draft.state_dict().items() if not k.startswith(PROJ_PREFIX)}
-    draft.save_pretrained(path, state_dict=state_dict)
+    try:
+        draft.save_pretrained(path, state_dict=state_dict)
+    finally:
+        if compact is not None:
+            setattr(config, COMPACT_KEY, compact)
     if state_dict is not None:
         save_projection(draft, path)
     if tokenizer is not None:

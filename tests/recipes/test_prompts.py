@@ -62,9 +62,11 @@ def test_small_families_run_out_and_arithmetic_fills_the_rest():
 
 
 @pytest.mark.parametrize("family", sorted(CAPACITY))
-def test_a_single_small_family_yields_each_prompt_once(family):
-    records = build_prompt_records(1000, seed=0, mix={family: 1.0})
-    assert len(records) == len({p for _, p in records}) == CAPACITY[family]  # fewer than asked: all there are
+def test_a_single_small_family_yields_each_prompt_once_and_no_more(family):
+    records = build_prompt_records(CAPACITY[family], seed=0, mix={family: 1.0})
+    assert len({p for _, p in records}) == CAPACITY[family]
+    with pytest.raises(ValueError, match=f"only {CAPACITY[family]} distinct prompts.*add 'math'"):
+        build_prompt_records(CAPACITY[family] + 1, seed=0, mix={family: 1.0})
 
 
 def test_code_prompts_show_a_function_and_its_examples():

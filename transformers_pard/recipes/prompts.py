@@ -148,7 +148,7 @@ def build_prompt_records(n: int, *, seed: int = 0, mix: dict[str, float] | None 
     """``n`` distinct ``(family, prompt)`` pairs drawn in proportion ``mix`` (default 45/20/15/20).
 
     The non-arithmetic families have a few hundred distinct prompts in all; once they are used up,
-    the remaining prompts are arithmetic."""
+    the remaining prompts are arithmetic. A mix that cannot give ``n`` distinct prompts is refused."""
     mix = mix or {"math": 0.45, "code": 0.20, "function": 0.15, "general": 0.20}
     rng = random.Random(seed)
     families, weights = zip(*mix.items())
@@ -161,6 +161,9 @@ def build_prompt_records(n: int, *, seed: int = 0, mix: dict[str, float] | None 
         if prompt not in seen:
             seen.add(prompt)
             records.append((family, prompt))
+    if len(records) < n:
+        raise ValueError(f"The prompt families {list(families)} yield only {len(records)} distinct prompts, "
+                         f"fewer than the {n} asked for; add 'math' (unbounded) to the mix or ask for fewer.")
     return records
 
 
