@@ -14,6 +14,7 @@ Stages (each resumable; run them all with ``python -m transformers_pard recipe s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -149,11 +150,13 @@ def recipe_commands(run_dir: str) -> list[str]:
     if not os.path.exists(path):
         return []
     record = json.load(open(path))
-    defaults = {"epochs": 1.0, "max_steps": -1, "lr": 3e-4, "warmup_steps": 20, "init_from": None,
-                "run_name": None}
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)  # the CLI's own defaults: only flags that differ from them are quoted
+    defaults = vars(parser.parse_args([]))
     command = f"python -m transformers_pard recipe smollm2 --stage train --k {record['k']} " \
               f"--num-layers {record['num_layers']}"
-    for key, default in defaults.items():
+    for key in ("epochs", "max_steps", "lr", "warmup_steps", "init_from", "run_name"):
+        default = defaults[key]
         if record.get(key, default) != default:
             command += f" --{key.replace('_', '-')} {record[key]}"
     if record.get("pard2"):
