@@ -30,6 +30,7 @@ from transformers_pard.training import (
 )
 from transformers_pard.training.cli import add_train_parser, config_from_args
 from transformers_pard.training.pard2 import distill_kl, feature_keep_mask, gold_probs, row_features, setup_pard2
+from transformers_pard.training import pard2 as pard2_training
 
 from .helpers import WORDS, text_records, trainer_args, word_tokenizer, write_jsonl
 from .test_learning import K as LEARN_K
@@ -141,6 +142,43 @@ def test_kd_is_zero_for_equal_logits_and_positive_otherwise():
     # The CE part is ce_alpha x the weighted pard_loss.
     mixed = pard2_loss(logits, labels, weights, logits, ce_alpha=0.3, kd_alpha=1.0)
     torch.testing.assert_close(mixed, 0.3 * pard_loss(logits, labels, weights))
+
+
+def reference_kl(draft_logits, teacher_logits, temperature):
+    """KD from its definition, with autograd doing the gradient: T^2 * sum_v p_v (log p_v - log q_v)."""
+    vocab = min(draft_logits.shape[-1], teacher_logits.shape[-1])
+    log_q = (draft_logits / temperature).log_softmax(-1)[..., :vocab]
+    log_p = (teacher_logits[..., :vocab] / temperature).log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+
+
+@pytest.mark.parametrize("extra_draft_ids", [0, 2])
+@pytest.mark.parametrize("chunk_elements", [7, 1 << 24])  # 7: one row per chunk; 2**24: one chunk per sample
+def test_chunked_kd_matches_the_definition_and_its_gradient(monkeypatch, extra_draft_ids, chunk_elements):
+    monkeypatch.setattr(pard2_training, "KD_CHUNK_ELEMENTS", chunk_elements)
+    generator = torch.Generator().manual_seed(extra_draft_ids + chunk_elements)
+    target_logits = torch.randn(2, 6, 9, dtype=torch.float64, generator=generator) * 2  # (B, L, V_t)
+    positions = torch.tensor([[0, 3, 3, 5], [2, 1, 0, 4]])  # (B, n): rows share positions, as copies do
+    draft = torch.randn(2, 4, 9 + extra_draft_ids, dtype=torch.float64, generator=generator, requires_grad=True)
+    teacher = target_logits.gather(1, positions[..., None].expand(-1, -1, 9))  # (B, n, V_t)
+    upstream = torch.rand(2, 4, dtype=torch.float64, generator=generator)
+    for temperature in (1.0, 2.5):
+        expected = reference_kl(draft, teacher, temperature)
+        (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), draft)
+        for kl in (distill_kl(draft, target_logits, temperature, positions), distill_kl(draft, teacher, temperature)):
+            torch.testing.assert_close(kl, expected, rtol=1e-10, atol=1e-12)
+            (grad,) = torch.autograd.grad((kl * upstream).sum(), draft)
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: distill_kl(z, target_logits, 1.5, positions), (draft,))
+
+
+def test_kd_keeps_the_draft_dtype_for_its_gradient_and_gives_the_teacher_none():
+    draft = torch.randn(1, 3, 8, dtype=torch.bfloat16, requires_grad=True)
+    teacher = torch.randn(1, 3, 8, requires_grad=True)
+    kl = distill_kl(draft, teacher)
+    assert kl.dtype == torch.float32
+    kl.sum().backward()
+    assert draft.grad.dtype == torch.bfloat16 and teacher.grad is None
 
 
 # ---- features: alignment with inference, dropout -----------------------------------------------

@@ -151,23 +151,85 @@ def feature_keep_mask(batch: int, drop_probability: float, *, generator: torch.G
     return torch.rand(batch, generator=generator) >= drop_probability
 
 
-def teacher_rows(target_logits: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """The target's logits at each row's position (the KD teacher of every copy): (B, n, V)."""
-    index = position_ids[..., None].expand(-1, -1, target_logits.shape[-1])  # (B, n, V), a view
-    return target_logits.gather(1, index)
+#: Rows of the vocabulary-wide KD tensors handled at once: about 2**24 floats (64 MB in fp32) per chunk.
+KD_CHUNK_ELEMENTS = 1 << 24
 
 
-def distill_kl(draft_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-row ``T**2 * KL(softmax(teacher / T) || softmax(draft / T))``: (B, n), float32.
+def _kd_chunks(batch: int, rows: int, vocab: int):
+    """(sample, row slice) pairs covering a (batch, rows) grid, ~``KD_CHUNK_ELEMENTS / vocab`` rows each."""
+    step = max(1, KD_CHUNK_ELEMENTS // max(vocab, 1))
+    for b in range(batch):
+        for start in range(0, rows, step):
+            yield b, slice(start, min(start + step, rows))
+
+
+def _teacher_log_probs(teacher: torch.Tensor, vocab: int, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """``log softmax(teacher / T)`` over the shared ids: (r, V')."""
+    return F.log_softmax(teacher[:, :vocab].to(dtype) / temperature, dim=-1)
+
+
+class _DistillKL(torch.autograd.Function):
+    """Per-row ``T**2 KL(p_T || q_T)``, computed and differentiated chunk by chunk.
+
+    Only the inputs are kept for backward; every vocabulary-wide temporary (softmaxes, the gathered
+    teacher rows) lives for one chunk. The gradient w.r.t. the draft logits is
+    ``T * (softmax(z / T) - p_T)`` per row (p_T is 0 on draft-only ids), scaled by the incoming grad.
+    """
+
+    @staticmethod
+    def forward(ctx, draft_logits, teacher_logits, teacher_positions, temperature):
+        batch, rows, vocab_draft = draft_logits.shape
+        vocab = min(vocab_draft, teacher_logits.shape[-1])
+        dtype = torch.promote_types(draft_logits.dtype, torch.float32)
+        kl = draft_logits.new_empty((batch, rows), dtype=dtype)  # (B, n)
+        for b, part in _kd_chunks(batch, rows, vocab_draft):
+            log_q = F.log_softmax(draft_logits[b, part].to(dtype) / temperature, dim=-1)[:, :vocab]  # (r, V')
+            log_p = _teacher_log_probs(teacher_logits[b, teacher_positions[b, part]], vocab, temperature, dtype)
+            kl[b, part] = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+        ctx.save_for_backward(draft_logits, teacher_logits, teacher_positions)
+        ctx.temperature = temperature
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        draft_logits, teacher_logits, teacher_positions = ctx.saved_tensors
+        temperature = ctx.temperature
+        batch, rows, vocab_draft = draft_logits.shape
+        vocab = min(vocab_draft, teacher_logits.shape[-1])
+        dtype = torch.promote_types(draft_logits.dtype, torch.float32)
+        grad = torch.empty_like(draft_logits)  # (B, n, V)
+        for b, part in _kd_chunks(batch, rows, vocab_draft):
+            q = F.softmax(draft_logits[b, part].to(dtype) / temperature, dim=-1)  # (r, V)
+            p = _teacher_log_probs(teacher_logits[b, teacher_positions[b, part]], vocab, temperature, dtype).exp()
+            q[:, :vocab] -= p
+            grad[b, part] = (q * (temperature * grad_kl[b, part, None].to(dtype))).to(grad.dtype)
+        return grad, None, None, None
+
+
+def distill_kl(
+    draft_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    teacher_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row ``T**2 * KL(softmax(teacher / T) || softmax(draft / T))``: (B, n), float32 (or float64).
+
+    Args:
+        draft_logits: (B, n, V) draft logits (differentiable).
+        teacher_logits: (B, n, V_t) teacher logits row by row, or, with ``teacher_positions``, (B, L, V_t)
+            target logits from which row j takes position ``teacher_positions[:, j]`` (no (B, n, V_t)
+            copy is made). The teacher is a constant: no gradient flows into it.
+        teacher_positions: optional (B, n) long.
 
     Vocabularies may differ in size (the draft may carry extra rows, e.g. its mask token): the sum
     runs over the shared ids; the draft's softmax is over its whole vocabulary, so mass it puts on
-    ids the target lacks is penalised. Exactly 0 where both logits are equal.
+    ids the target lacks is penalised. Exactly 0 where both logits are equal. Forward and backward
+    run in row chunks, so memory beyond the logits themselves stays at one chunk.
     """
-    vocab = min(draft_logits.shape[-1], teacher_logits.shape[-1])
-    log_q = F.log_softmax(draft_logits.float() / temperature, dim=-1)[..., :vocab]  # (B, n, V')
-    log_p = F.log_softmax(teacher_logits[..., :vocab].float() / temperature, dim=-1)  # (B, n, V')
-    return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+    if teacher_positions is None:
+        teacher_positions = torch.arange(draft_logits.shape[1], device=draft_logits.device)
+        teacher_positions = teacher_positions.expand(draft_logits.shape[0], -1)  # (B, n)
+    return _DistillKL.apply(draft_logits, teacher_logits.detach(), teacher_positions, float(temperature))
 
 
 def pard2_loss(
@@ -176,6 +238,7 @@ def pard2_loss(
     weights: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
+    teacher_positions: torch.Tensor | None = None,
     ce_alpha: float = 0.1,
     kd_alpha: float = 1.0,
     temperature: float = 1.0,
@@ -186,14 +249,16 @@ def pard2_loss(
         logits: (B, n, V) draft logits of the scored rows.
         labels: (B, n) aligned gold ids, -100 where no loss.
         weights: (B, n) CAT weights (``cat_weights``).
-        teacher_logits: (B, n, V_t) target logits at each row's position (``teacher_rows``).
+        teacher_logits: (B, n, V_t) target logits at each row's position, or (B, L, V_t) target
+            logits of the whole sequence with ``teacher_positions`` (B, n) naming each row's position.
     """
     loss = logits.new_zeros((), dtype=torch.float32)
     if ce_alpha:
         loss = loss + ce_alpha * pard_loss(logits, labels, weights)
     if kd_alpha:
         labelled = labels.ne(IGNORE_INDEX)  # (B, n)
-        kl = distill_kl(logits, teacher_logits, temperature) * weights.to(torch.float32) * labelled  # (B, n)
+        kl = distill_kl(logits, teacher_logits, temperature, teacher_positions)  # (B, n)
+        kl = kl * weights.to(kl.dtype) * labelled
         loss = loss + kd_alpha * kl.sum() / labelled.sum().clamp(min=1)
     return loss
 
@@ -344,7 +409,8 @@ class Pard2Trainer(PardTrainer):
             logits,  # (B, n, V)
             inputs["labels"][:, keep],
             self.loss_weights(inputs)[:, keep],
-            teacher_rows(inputs["target_logits"], inputs["position_ids"][:, keep]),
+            inputs["target_logits"],  # (B, L, V_t): row j's teacher is the target at its position
+            teacher_positions=inputs["position_ids"][:, keep],
             ce_alpha=options.ce_alpha,
             kd_alpha=options.kd_alpha,
             temperature=options.kd_temperature,
