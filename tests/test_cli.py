@@ -94,10 +94,12 @@ def stages(monkeypatch):
 def test_recipe_train_flags_reach_the_train_stage(stages, tmp_path, capsys):
     cli.main(["recipe", "smollm2", "--stage", "train", "--out", str(tmp_path), "--run-name", "draft-k8-l3-cont",
               "--pard2", "--pard2-layers", "-1", "-4", "--pard2-scale", "0.3", "--k", "4", "--num-layers", "2",
-              "--epochs", "2", "--max-steps", "7", "--lr", "1e-3", "--init-from", "runs/x", "--warmup-steps", "3"])
+              "--epochs", "2", "--max-steps", "7", "--lr", "1e-3", "--init-from", "runs/x", "--warmup-steps", "3",
+              "--freeze-mask-row", "--dtype", "bf16", "--pard2-standardize"])
     assert stages == [("train", str(tmp_path), dict(
         k=4, num_layers=2, epochs=2.0, max_steps=7, learning_rate=1e-3, pard2=True, init_from="runs/x",
-        warmup_steps=3, run_name="draft-k8-l3-cont", pard2_layers=(-1, -4), pard2_scale=0.3))]
+        warmup_steps=3, run_name="draft-k8-l3-cont", pard2_layers=(-1, -4), pard2_scale=0.3, bf16=True,
+        freeze_mask_row=True, pard2_standardize=True))]
     assert capsys.readouterr().out == "== recipe smollm2: train\n"
 
 
@@ -106,7 +108,20 @@ def test_recipe_train_defaults(stages):
     (_, out, kwargs), = stages
     assert out == "runs/smollm2"
     assert kwargs["pard2_layers"] == tuple(smollm2.PARD2_LAYERS) and kwargs["pard2_scale"] == smollm2.PARD2_SCALE
-    assert kwargs["run_name"] is None and kwargs["pard2"] is False
+    assert kwargs["run_name"] is None and kwargs["pard2"] is False and kwargs["freeze_mask_row"] is False
+    assert kwargs["bf16"] is smollm2_bf16_is_native()
+
+
+def smollm2_bf16_is_native() -> bool:
+    from transformers_pard.hardware import bf16_is_fast
+
+    return bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_recipe_data_flags_reach_the_data_stage(stages):
+    cli.main(["recipe", "smollm2", "--stage", "data", "--train-prompts", "12", "--dtype", "fp32"])
+    (name, _, kwargs), = stages
+    assert name == "data" and kwargs["train_prompts"] == 12 and kwargs["dtype"] == torch.float32
 
 
 def test_recipe_all_runs_every_stage_in_order(stages, tmp_path, capsys):

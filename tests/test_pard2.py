@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard
-from transformers_pard.pard2 import PROJ_SAFETENSORS, WARP_FILE, save_projection
+from transformers_pard.pard2 import (
+    PROJ_SAFETENSORS,
+    WARP_FILE,
+    StandardizedProjection,
+    load_projection_state,
+    projection_state,
+    save_projection,
+)
 from transformers_pard.testing import ARCHITECTURES, left_padded_batch, tiny_causal_lm, tiny_pard2_draft, tiny_pard_draft
 
 ARCHS = tuple(ARCHITECTURES)
@@ -136,3 +143,58 @@ def test_mode_errors_and_fallback(targets):
         wide.generate(ids, pard_draft=draft, pard_mode="dependent", max_new_tokens=3)
     out = wide.generate(ids, pard_draft=draft, max_new_tokens=6, return_dict_in_generate=True)  # falls back
     assert torch.equal(out.sequences, wide.generate(ids, max_new_tokens=6))
+
+
+# ---- standardized projections (trained on standardized features, stored folded) ----------------------
+
+
+def standardized(seed: int = 0, d: int = 12, h: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    mean, std = torch.randn(d, generator=g) * 3, torch.rand(d, generator=g) * 10 + 0.1
+    proj = StandardizedProjection(d, h, mean, std)
+    with torch.no_grad():
+        proj.weight.normal_(generator=g)
+        proj.bias.normal_(generator=g)
+    return proj, torch.randn(7, d, generator=g) * 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_standardized_projection_is_its_folded_linear(seed):
+    proj, features = standardized(seed)
+    by_definition = ((features - proj.feature_mean) / proj.feature_std) @ proj.weight.T + proj.bias
+    torch.testing.assert_close(proj(features), by_definition)
+    plain = torch.nn.Linear(12, 5)
+    plain.load_state_dict(projection_state(proj))
+    torch.testing.assert_close(plain(features), by_definition)
+    torch.testing.assert_close(plain(torch.zeros(1, 12)), proj(torch.zeros(1, 12)))  # "no feature" rows agree
+
+
+def test_wrap_keeps_the_function_and_unfolding_inverts_folding():
+    proj, features = standardized(1)
+    plain = torch.nn.Linear(12, 5, bias=False)
+    wrapped = StandardizedProjection.wrap(plain, proj.feature_mean, proj.feature_std)
+    torch.testing.assert_close(wrapped(features), plain(features))
+    again = StandardizedProjection(12, 5, proj.feature_mean, proj.feature_std)
+    load_projection_state(again, projection_state(proj))
+    torch.testing.assert_close(again.weight, proj.weight)
+    torch.testing.assert_close(again.bias, proj.bias)
+    assert set(projection_state(proj)) == {"weight", "bias"}  # the published format, no statistics
+    assert not {"feature_mean", "feature_std"} & set(proj.state_dict())
+
+
+def test_a_saved_standardized_draft_loads_as_a_plain_projection(tmp_path, targets):
+    target = targets["llama"]
+    draft = tiny_pard2_draft(target)
+    dim = draft.target_proj.in_features
+    draft.config.pard2_proj_bias = True
+    g = torch.Generator().manual_seed(0)
+    draft.target_proj = StandardizedProjection.wrap(
+        torch.nn.Linear(dim, draft.target_proj.out_features), torch.randn(dim, generator=g),
+        torch.rand(dim, generator=g) + 0.5)
+    draft.save_pretrained(tmp_path, state_dict={k: v for k, v in draft.state_dict().items()
+                                                 if not k.startswith("target_proj")})
+    save_projection(draft, tmp_path)
+    loaded = PardAutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded.target_proj) is torch.nn.Linear
+    features = torch.randn(3, dim)
+    torch.testing.assert_close(loaded.target_proj(features), draft.target_proj(features))

@@ -234,7 +234,7 @@ def _schedule(model, config, call_args, k: int, compiled: bool) -> DraftSchedule
     return DraftSchedule(schedule_config, k_start=k_start, k_max=k)
 
 
-def _pard2_mode(model, draft, requested: str | None) -> Pard2Config | None:
+def resolve_pard2_mode(model, draft, requested: str | None) -> Pard2Config | None:
     """The PARD-2 settings for target-dependent mode, or None for the draft alone."""
     if requested is not None and requested not in MODES:
         raise ValueError(f"pard_mode must be one of {MODES}, got {requested!r}.")
@@ -319,7 +319,7 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
         streamer=streamer,
         keep_scores=bool(config.return_dict_in_generate and config.output_scores),
         keep_logits=bool(config.return_dict_in_generate and config.output_logits),
-        pard2=_pard2_mode(model, draft, call_args["pard_mode"]),
+        pard2=resolve_pard2_mode(model, draft, call_args["pard_mode"]),
     )
     options = pard_options(model)
     compile_mode = options.resolved_compile_mode(device)

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -53,6 +54,57 @@ def make_projection(draft, pard2: Pard2Config) -> nn.Linear:
     proj = nn.Linear(pard2.target_dim, hidden, bias=pard2.proj_bias, device=embedding.device, dtype=embedding.dtype)
     draft.target_proj = proj
     return proj
+
+
+class StandardizedProjection(nn.Linear):
+    """``target_proj`` as trained with standardized features: ``W ((f - mean) / std) + b``.
+
+    Raw target features differ in scale by orders of magnitude between dimensions and layers, so a
+    zero-initialised projection trained with Adam injects mostly noise at first; on standardized
+    features every input dimension moves the output alike. The function is still affine in ``f``, so
+    it is stored folded, as the plain ``nn.Linear`` of the published format:
+    ``weight = W / std``, ``bias = b - (W / std) @ mean`` (``folded_state`` / ``load_folded_state``).
+    A zero feature (no predecessor) maps to ``-mean / std`` here and to ``bias`` folded: the same.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mean: torch.Tensor, std: torch.Tensor, **factory):
+        super().__init__(in_features, out_features, bias=True, **factory)
+        self.register_buffer("feature_mean", mean.to(self.weight), persistent=False)  # (D,)
+        self.register_buffer("feature_std", std.to(self.weight), persistent=False)  # (D,)
+
+    @classmethod
+    def wrap(cls, proj: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> "StandardizedProjection":
+        """The same affine map as ``proj`` (a plain ``nn.Linear``), reparameterised on standardized features."""
+        new = cls(proj.in_features, proj.out_features, mean, std, device=proj.weight.device, dtype=proj.weight.dtype)
+        state = {"weight": proj.weight.detach()}
+        state["bias"] = proj.bias.detach() if proj.bias is not None else torch.zeros_like(new.bias)
+        new.load_folded_state(state)
+        return new
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear((features - self.feature_mean) / self.feature_std, self.weight, self.bias)
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        weight = self.weight / self.feature_std  # (H, D)
+        return {"weight": weight, "bias": self.bias - weight @ self.feature_mean}
+
+    def load_folded_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.weight.copy_(state["weight"] * self.feature_std)
+            self.bias.copy_(state["bias"] + state["weight"] @ self.feature_mean)
+
+
+def projection_state(proj: nn.Linear) -> dict[str, torch.Tensor]:
+    """What is stored for ``proj``: its folded state (``StandardizedProjection``) or its state dict."""
+    return proj.folded_state() if isinstance(proj, StandardizedProjection) else proj.state_dict()
+
+
+def load_projection_state(proj: nn.Linear, state: dict[str, torch.Tensor]) -> None:
+    """Load a stored (folded) projection into ``proj``, unfolding it for a ``StandardizedProjection``."""
+    if isinstance(proj, StandardizedProjection):
+        proj.load_folded_state(state)
+    else:
+        proj.load_state_dict(state)
 
 
 def _check_state_dict(state: object, source: str) -> dict[str, torch.Tensor]:
@@ -94,7 +146,7 @@ def load_projection(draft, folder: str) -> nn.Linear | None:
 
 def save_projection(draft, folder: str) -> None:
     """Write the projection as safetensors (ours) and as ``warp_model.bin`` (existing readers)."""
-    state = {PROJ_PREFIX + key: value.detach().cpu().contiguous() for key, value in draft.target_proj.state_dict().items()}
+    state = {PROJ_PREFIX + key: value.detach().cpu().contiguous() for key, value in projection_state(draft.target_proj).items()}
     save_file(state, os.path.join(folder, PROJ_SAFETENSORS), metadata={"format": "pt"})
     torch.save(state, os.path.join(folder, WARP_FILE))
 

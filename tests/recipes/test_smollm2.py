@@ -110,6 +110,17 @@ def test_only_the_mask_row_of_the_embedding_learns(tied):
         assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
+def test_freezing_the_mask_row_too_freezes_the_whole_tied_matrix():
+    """``mask_token_id=None``: no row learns and autograd computes no gradient for the embedding/head."""
+    model = tiny_causal_lm("llama", num_layers=1, tie_word_embeddings=True).train()
+    before = model.get_input_embeddings().weight.detach().clone()
+    FreezeEmbeddingExceptMask(None).on_train_begin(None, None, None, model=model)
+    train_steps(model)
+    assert torch.equal(before, model.get_input_embeddings().weight)
+    assert model.get_input_embeddings().weight.grad is None
+    assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+
 def test_without_the_callback_many_rows_learn():
     """The control: the same steps change the rows of every token seen (and, tied, all rows)."""
     model = tiny_causal_lm("llama", num_layers=1, tie_word_embeddings=True).train()
@@ -197,6 +208,11 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
                       " --pard2 --pard2-layers -1 -20 --pard2-scale 0.1")
     card = model_card(k=8, num_layers=3, tau=TAU, commands=[first, second])
     assert f"`{first}`; then `{second}`" in card
+    write_recipe(tmp_path / "third", init_from=str(tmp_path / "second"), freeze_mask_row=True, dtype="fp32",
+                 pard2=True, pard2_standardize=True)
+    assert recipe_commands(str(tmp_path / "third"))[-1] == (
+        f"{first} --init-from {tmp_path / 'second'} --pard2 --pard2-layers -1 -20 --pard2-scale 0.1"
+        " --pard2-standardize --freeze-mask-row --dtype fp32")
 
 
 def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
@@ -240,3 +256,18 @@ def test_data_stage_holds_out_prompts_and_distils_the_rest(tmp_path, monkeypatch
     assert sorted(r["messages"][0]["content"] for r in sampled) == sorted(p for p in trained if family[p] != "math")
     assert len(rows) == len({r["id"] for r in rows})
     assert all(r["messages"][1]["role"] == "assistant" for r in rows)
+
+
+def test_data_stage_can_answer_a_subset_with_the_same_held_out_split(tmp_path, monkeypatch):
+    model = tiny_causal_lm("llama", num_layers=1, max_positions=1024)
+    seen = []
+    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: seen.append(kwargs["dtype"]) or (model, tiny_tokenizer()))
+    full, part = tmp_path / "full", tmp_path / "part"
+    smollm2.data_stage(str(full), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2)
+    smollm2.data_stage(str(part), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2, train_prompts=4,
+                       dtype=torch.float32)
+    assert (full / smollm2.HELDOUT_FILE).read_text() == (part / smollm2.HELDOUT_FILE).read_text()
+    greedy = {json.loads(line)["id"] for line in (part / smollm2.DATA_FILE).read_text().splitlines()
+              if json.loads(line)["mode"] == "greedy"}
+    assert greedy == {"g0", "g1", "g2", "g3"}
+    assert seen[-1] == torch.float32

@@ -14,7 +14,13 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard
-from transformers_pard.pard2 import PROJ_SAFETENSORS, WARP_FILE, read_projection_state
+from transformers_pard.pard2 import (
+    PROJ_SAFETENSORS,
+    WARP_FILE,
+    StandardizedProjection,
+    projection_state,
+    read_projection_state,
+)
 from transformers_pard.testing import tiny_causal_lm
 from transformers_pard.training import (
     PardDataCollator,
@@ -29,7 +35,15 @@ from transformers_pard.training import (
     train_pard2_draft,
 )
 from transformers_pard.training.cli import add_train_parser, config_from_args
-from transformers_pard.training.pard2 import distill_kl, feature_keep_mask, gold_probs, row_features, setup_pard2
+from transformers_pard.training.pard2 import (
+    distill_kl,
+    feature_keep_mask,
+    feature_statistics,
+    gold_probs,
+    row_features,
+    run_target,
+    setup_pard2,
+)
 from transformers_pard.training import pard2 as pard2_training
 
 from .helpers import WORDS, text_records, trainer_args, word_tokenizer, write_jsonl
@@ -274,6 +288,7 @@ class Recorder(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.start_step = state.global_step
         self.start_proj = model.target_proj.weight.detach().clone()
+        self.start_folded = {k: v.detach().clone() for k, v in projection_state(model.target_proj).items()}
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -308,6 +323,16 @@ def pard2_config(tmp_path, draft, **overrides) -> PardTrainConfig:
     return PardTrainConfig(**values)
 
 
+def assert_lossless_in_both_modes(target, draft, tokenizer) -> None:
+    enable_pard(target)
+    ids = torch.tensor([tokenizer("w1 w2 w3 w4")["input_ids"]])
+    expected = target.generate(ids, max_new_tokens=12, do_sample=False)
+    for mode in ("dependent", "independent"):
+        got = target.generate(ids, max_new_tokens=12, do_sample=False, pard_draft=draft, pard_mode=mode,
+                              num_assistant_tokens=3, pard_min_tau=None)
+        assert torch.equal(got, expected), mode
+
+
 def test_pard2_run_saves_a_loadable_lossless_draft_and_resumes(tmp_path):
     draft_path, target, tokenizer = write_pard2_inputs(tmp_path)
     target_state = {k: v.clone() for k, v in target.state_dict().items()}
@@ -337,13 +362,40 @@ def test_pard2_run_saves_a_loadable_lossless_draft_and_resumes(tmp_path):
 
     draft = PardAutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(draft.target_proj.weight, read_projection_state(str(out))["weight"])
-    enable_pard(target)
-    ids = torch.tensor([tokenizer("w1 w2 w3 w4")["input_ids"]])
-    expected = target.generate(ids, max_new_tokens=12, do_sample=False)
-    for mode in ("dependent", "independent"):
-        got = target.generate(ids, max_new_tokens=12, do_sample=False, pard_draft=draft, pard_mode=mode,
-                              num_assistant_tokens=3, pard_min_tau=None)
-        assert torch.equal(got, expected), mode
+    assert_lossless_in_both_modes(target, draft, tokenizer)
+
+
+def test_feature_statistics_are_the_mean_and_std_over_real_tokens():
+    target = tiny_causal_lm("llama", seed=0, vocab_size=40, num_layers=2)
+    examples = [{"input_ids": list(range(3, 3 + n))} for n in (4, 9, 1, 6)]
+    mean, std = feature_statistics(target, examples, LAYERS, batch_size=3)  # padding inside batches
+    rows = torch.cat([run_target(target, torch.tensor([e["input_ids"]]), torch.ones(1, len(e["input_ids"]),
+                                 dtype=torch.long), LAYERS).features[0] for e in examples])  # (20, D)
+    torch.testing.assert_close(mean, rows.mean(0))
+    torch.testing.assert_close(std, rows.std(0, unbiased=False).clamp(min=1e-3))
+
+
+def test_standardized_pard2_run_stores_a_folded_projection_and_resumes(tmp_path):
+    draft_path, target, tokenizer = write_pard2_inputs(tmp_path)
+    options = Pard2Options(layers=LAYERS, scale=0.5, target_feat_mask=0.3, standardize=True)
+    recorder = Recorder()
+    out = train_pard2_draft(pard2_config(tmp_path, draft_path, max_steps=2, pard2=options), target=target,
+                            callbacks=[recorder])
+    assert recorder.proj_ids and recorder.proj_ids <= recorder.optimized
+    assert json.loads((out / "config.json").read_text())["pard2_proj_bias"] is True
+    stored = read_projection_state(str(out / "checkpoint-2"))
+    assert set(stored) == {"weight", "bias"} and stored["bias"].abs().sum() > 0
+
+    resumed = Recorder()  # the checkpoint's folded projection comes back as the same function
+    train_pard2_draft(pard2_config(tmp_path, draft_path, resume="latest", pard2=options), target=target,
+                      callbacks=[resumed])
+    assert resumed.start_step == 2
+    for key in ("weight", "bias"):
+        torch.testing.assert_close(resumed.start_folded[key], stored[key])
+
+    draft = PardAutoModelForCausalLM.from_pretrained(out)  # a plain Linear with the folded weights
+    assert not isinstance(draft.target_proj, StandardizedProjection)
+    assert_lossless_in_both_modes(target, draft, tokenizer)
 
 
 def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
@@ -355,11 +407,11 @@ def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
     argv = ["train", "--draft", draft_path, "--data", str(data), "--output", str(tmp_path / "out"), "--k", "3",
             "--max-steps", "1", "--batch-size", "2", "--max-length", "12", "--pard2", "--target",
             str(tmp_path / "target"), "--pard2-layers", "-1", "0", "--pard2-scale", "0.1", "--target-feat-mask",
-            "0.2", "--ce-alpha", "0.5", "--kd-alpha", "2", "--kd-temperature", "1.5"]
+            "0.2", "--ce-alpha", "0.5", "--kd-alpha", "2", "--kd-temperature", "1.5", "--pard2-standardize"]
     args = root.parse_args(argv)
     assert config_from_args(args).pard2 == Pard2Options(
         target=str(tmp_path / "target"), layers=(-1, 0), scale=0.1, target_feat_mask=0.2, ce_alpha=0.5,
-        kd_alpha=2.0, kd_temperature=1.5,
+        kd_alpha=2.0, kd_temperature=1.5, standardize=True,
     )
     out = args.func(args)
     assert "PARD-2 draft saved to" in capsys.readouterr().out

@@ -31,14 +31,21 @@ RECIPE_FILE = "recipe.json"  # the train-stage arguments of a run, quoted by its
 
 
 def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
-               batch_size: int = 48, max_new_tokens: int = 128, seed: int = 0) -> str:
-    """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path."""
+               batch_size: int = 48, max_new_tokens: int = 128, seed: int = 0, train_prompts: int | None = None,
+               dtype: torch.dtype | None = None) -> str:
+    """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path.
+
+    ``train_prompts`` answers only the first N training prompts (the split, and so the held-out prompts,
+    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is native
+    (``hardware.fast_dtype``), else fp32.
+    """
+    from ..hardware import fast_dtype
     from .distill import distill
 
     os.makedirs(out_dir, exist_ok=True)
     records = build_prompt_records(num_prompts + heldout, seed=seed)
     random.Random(seed).shuffle(records)
-    held, train = records[:heldout], records[heldout:]
+    held, train = records[:heldout], records[heldout:][:train_prompts]
     with open(os.path.join(out_dir, HELDOUT_FILE), "w") as f:
         for _, prompt in held:
             f.write(json.dumps({"data": prompt}) + "\n")
@@ -46,7 +53,7 @@ def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, samp
     for r in range(sampled_repeats):  # more answers where distinct prompts are few
         jobs += [(f"s{r}-{i}", prompt, True) for i, (family, prompt) in enumerate(train) if family != "math"]
     torch.manual_seed(seed)
-    model, tokenizer = load_smollm2(dtype=torch.bfloat16)
+    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
     path = os.path.join(out_dir, DATA_FILE)
     distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return path
@@ -73,13 +80,20 @@ def build_cut_draft(target, num_layers: int):
 
 
 class FreezeEmbeddingExceptMask(TrainerCallback):
-    """Trainer callback: the borrowed embedding/head stays the target's; only the mask row learns."""
+    """Trainer callback: the borrowed embedding/head stays the target's; only the mask row learns.
 
-    def __init__(self, mask_token_id: int):
+    ``mask_token_id=None`` freezes the whole embedding (a draft whose mask row is already trained): the
+    tied head then costs no weight gradient, about a third of its backward.
+    """
+
+    def __init__(self, mask_token_id: int | None):
         self.mask_token_id = mask_token_id
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         weight = model.get_input_embeddings().weight
+        if self.mask_token_id is None:
+            weight.requires_grad_(False)
+            return
         row_mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
         row_mask[self.mask_token_id] = 1
         weight.register_hook(lambda grad: grad * row_mask)
@@ -110,7 +124,8 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
                 cod_min: float = 0.2, max_length: int = 320, bf16: bool = True, seed: int = 0,
                 pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20,
                 run_name: str | None = None, pard2_layers: tuple[int, ...] = PARD2_LAYERS,
-                pard2_scale: float = PARD2_SCALE) -> str:
+                pard2_scale: float = PARD2_SCALE, freeze_mask_row: bool = False,
+                pard2_standardize: bool = False) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
     CAT + KD and the target's features, the target running in this process). ``init_from`` starts
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
@@ -131,13 +146,17 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
-        pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale) if pard2 else None,
+        pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale, standardize=pard2_standardize)
+        if pard2 else None,
     )
     target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
-    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(mask_id)], target=target)
+    freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row else mask_id)
+    train_draft(config, callbacks=[freeze], target=target)
     record = {"k": k, "num_layers": num_layers, "epochs": epochs, "max_steps": max_steps, "lr": learning_rate,
               "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,
-              "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale}
+              "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale, "pard2_standardize": pard2_standardize,
+              "freeze_mask_row": freeze_mask_row,
+              "dtype": "bf16" if bf16 else "fp32"}
     with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
         json.dump(record, f, indent=2)
     return run_dir
@@ -162,6 +181,12 @@ def recipe_commands(run_dir: str) -> list[str]:
     if record.get("pard2"):
         command += " --pard2 --pard2-layers " + " ".join(map(str, record["pard2_layers"]))
         command += f" --pard2-scale {record['pard2_scale']}"
+        if record.get("pard2_standardize"):
+            command += " --pard2-standardize"
+    if record.get("freeze_mask_row"):
+        command += " --freeze-mask-row"
+    if record.get("dtype"):  # "auto" depends on the machine: quote what the run used
+        command += f" --dtype {record['dtype']}"
     parent = record.get("init_from")
     return (recipe_commands(parent) if parent else []) + [command]
 
@@ -258,6 +283,10 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("--k", type=int, default=8, help="K copies (1 = the autoregressive baseline draft)")
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--num-prompts", type=int, default=2000)
+    parser.add_argument("--train-prompts", type=int, default=None,
+                        help="data stage: answer only the first N training prompts (held-out split unchanged)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="data answers / training precision; auto = bf16 where native (CUDA, AVX512-BF16, AMX)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -267,19 +296,32 @@ def add_recipe_arguments(parser) -> None:
                         help=f"target hidden states for PARD-2 features (default {' '.join(map(str, PARD2_LAYERS))})")
     parser.add_argument("--pard2-scale", type=float, default=PARD2_SCALE,
                         help=f"scale of the PARD-2 feature term (default {PARD2_SCALE})")
+    parser.add_argument("--pard2-standardize", action="store_true",
+                        help="train target_proj on standardized features (stored folded, with a bias)")
     parser.add_argument("--init-from", default=None, help="start training from this draft folder")
     parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--freeze-mask-row", action="store_true",
+                        help="train stage: keep the mask row too (a draft whose mask row is trained; faster)")
     parser.add_argument("--run-name", default=None,
                         help="run folder under --out (default draft-k{K}-l{layers}[-pard2]); e.g. a continued run")
 
 
+def _use_bf16(choice: str) -> bool:
+    from ..hardware import bf16_is_fast
+
+    return bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice == "bf16"
+
+
 def run_stage(stage: str, args) -> None:
     if stage == "data":
-        data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1)
+        data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1, train_prompts=args.train_prompts,
+                   dtype=torch.bfloat16 if _use_bf16(args.dtype) else torch.float32)
     elif stage == "train":
         train_stage(args.out, k=args.k, num_layers=args.num_layers, epochs=args.epochs, max_steps=args.max_steps,
+                    bf16=_use_bf16(args.dtype),
                     learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps,
-                    run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale)
+                    run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale,
+                    freeze_mask_row=args.freeze_mask_row, pard2_standardize=args.pard2_standardize)
     elif stage == "eval":
         eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2, run_name=args.run_name)
     else:

@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from ..pard2 import (
     PROJ_PREFIX,
     Pard2Config,
+    StandardizedProjection,
     draft_inputs_embeds,
+    load_projection_state,
     make_projection,
     read_projection_state,
     save_projection,
@@ -72,6 +74,9 @@ class Pard2Options:
     * ``target_feat_mask``: probability of training a whole sample without features (dual mode).
     * ``ce_alpha``, ``kd_alpha``, ``kd_temperature``: loss mix and KD temperature T (the KL is taken
       between the softmaxes at T and multiplied by T**2 so its gradient scale does not depend on T).
+    * ``standardize``: train the projection on standardized features (per-dimension mean / std of
+      the target's features over the first ``STATS_EXAMPLES`` training examples), stored folded into
+      a plain ``target_proj`` with a bias (``pard2.StandardizedProjection``); implies a bias.
     """
 
     target: str | None = None
@@ -82,6 +87,7 @@ class Pard2Options:
     ce_alpha: float = 0.1
     kd_alpha: float = 1.0
     kd_temperature: float = 1.0
+    standardize: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
@@ -308,13 +314,37 @@ def attach_pard2(draft, options: Pard2Options, *, target_dim: int) -> Pard2Confi
     config.pard2_scale = float(options.scale)
     config.pard2_target_dim = int(target_dim)
     config.pard2_target_layers = list(options.layers)
-    config.pard2_proj_bias = bool(options.proj_bias)
+    config.pard2_proj_bias = bool(options.proj_bias or options.standardize)
     pard2 = Pard2Config.from_model_config(config)
     proj = make_projection(draft, pard2)
     with torch.no_grad():
         for param in proj.parameters():
             param.zero_()
     return pard2
+
+
+#: Training examples whose target features give the standardization statistics.
+STATS_EXAMPLES = 64
+
+
+def feature_statistics(
+    target, examples: Sequence[dict], layers: Sequence[int], *, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (D,) of the target's features over the real tokens of ``examples``
+    (dicts with ``input_ids``, e.g. the first ``STATS_EXAMPLES`` of the training set)."""
+    device = next(target.parameters()).device
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        sequences = [torch.as_tensor(e["input_ids"]) for e in examples[start : start + batch_size]]
+        ids = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (B, L)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True).to(device)
+        features = run_target(target, ids, mask, layers).features[mask.bool()].double()  # (tokens, D)
+        total, total_sq, count = total + features.sum(0), total_sq + features.pow(2).sum(0), count + len(features)
+    if not count:
+        raise ValueError("feature_statistics needs at least one example with tokens.")
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-3)  # a constant dimension stays finite
+    return mean.float(), std.float()
 
 
 def load_target(path: str, *, bf16: bool = False):
@@ -364,8 +394,19 @@ class Pard2Trainer(PardTrainer):
         if getattr(target, "hf_device_map", None) is None:
             target = target.to(self.args.device)
         self.target_model = target.eval().requires_grad_(False)
+        if self.pard2_options.standardize and not isinstance(self.model.target_proj, StandardizedProjection):
+            self.standardize_projection()
         seed = self.args.seed + 1_000_003 * self.args.process_index
         self.feature_generator = torch.Generator().manual_seed(seed)
+
+    def standardize_projection(self) -> None:
+        """Reparameterise ``target_proj`` on standardized features (same function; folded when saved)."""
+        if not self.pard2.proj_bias:
+            raise ValueError("Standardized PARD-2 features need a bias in target_proj (attach_pard2 sets it).")
+        examples = [self.train_dataset[i] for i in range(min(len(self.train_dataset), STATS_EXAMPLES))]
+        mean, std = feature_statistics(self.target_model, examples, self.pard2.target_layers)
+        draft = self.accelerator.unwrap_model(self.model)
+        draft.target_proj = StandardizedProjection.wrap(draft.target_proj, mean, std)
 
     def target_pass(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the target on the batch's real sequences; features of dropped samples zeroed."""
@@ -428,7 +469,7 @@ class Pard2Trainer(PardTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         draft = self.accelerator.unwrap_model(model if model is not None else self.model)
-        draft.target_proj.load_state_dict(read_projection_state(resume_from_checkpoint))
+        load_projection_state(draft.target_proj, read_projection_state(resume_from_checkpoint))
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # target_proj is read from its own file by _load_from_checkpoint: not a missing key.

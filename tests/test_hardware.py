@@ -1,0 +1,37 @@
+"""Which dtype the machine runs natively (used for defaults only)."""
+
+import platform
+import sys
+
+import pytest
+import torch
+
+from transformers_pard import hardware
+
+
+@pytest.fixture(autouse=True)
+def fresh_flags():
+    hardware.cpu_flags.cache_clear()
+    yield
+    hardware.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize(("flags", "fast"), [
+    ({"avx2", "fma"}, False),
+    ({"avx512f", "avx512_bf16"}, True),
+    ({"amx_bf16", "amx_tile"}, True),
+    (set(), False),
+])
+def test_cpu_bf16_follows_the_cpu_flags(monkeypatch, flags, fast):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert hardware.bf16_is_fast("cpu") is fast
+    assert hardware.fast_dtype("cpu") == (torch.bfloat16 if fast else torch.float32)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"), reason="x86 Linux")
+def test_cpu_flags_read_this_machine():
+    assert "sse2" in hardware.cpu_flags()  # every x86-64 CPU has it
+
+
+def test_other_devices_are_not_assumed_fast():
+    assert hardware.bf16_is_fast("meta") is False

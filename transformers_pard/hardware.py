@@ -1,0 +1,42 @@
+"""What the machine does fast: used to pick a default dtype, never to change results silently.
+
+bf16 maths is native on CUDA/ROCm GPUs that support it and on CPUs with AVX512-BF16 or AMX; elsewhere
+(e.g. AVX2-only CPUs) PyTorch emulates it, and a bf16 matmul can be 100x slower than fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+#: CPU flags (``/proc/cpuinfo``) that mean native bf16 matrix maths.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags on Linux (empty elsewhere: then bf16 is not assumed fast)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """True where bf16 runs natively on ``device`` (so bf16 is the faster choice, not an emulated one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(BF16_CPU_FLAGS & cpu_flags())
+    return False
+
+
+def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """bf16 where it is native on ``device``, else fp32."""
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
