@@ -2,22 +2,27 @@
 
     python benchmarks/smollm2_tau.py \\
         --draft pard1=transformers_pard/assets/smollm2-pard-k8 \\
-        --draft pard2-dependent=runs/smollm2/draft-k8-l3-pard2v2:dependent \\
-        --draft pard2-independent=runs/smollm2/draft-k8-l3-pard2v2:independent \\
-        --out OUT.json
+        --draft pard2-dependent=runs/smollm2/pard2-std:dependent \\
+        --draft pard2-independent=runs/smollm2/pard2-std:independent \\
+        --teacher-forced 40 --out OUT.json
 
 Greedy, fp32, K=8, 128 new tokens: the first ``--limit`` (10) prompts of each ../shared/bench file, and
-``--limit`` of the recipe's held-out prompts. Each ``--draft`` is NAME=FOLDER[:MODE].
+``--limit`` of the recipe's held-out prompts, measured by the engine. ``--teacher-forced N`` adds the
+teacher-forced tau (``training.teacher_forced_tau``) on the target's greedy answers to the first N
+held-out prompts. Each ``--draft`` is NAME=FOLDER[:MODE].
 """
 
 import argparse
 import json
 import time
 
+import torch
+
 from transformers_pard import enable_pard
 from transformers_pard.draft_io import load_draft
 from transformers_pard.embedded import load_smollm2
-from transformers_pard.training import load_prompts, measure_tau
+from transformers_pard.training import load_prompts, measure_tau, teacher_forced_tau
+from transformers_pard.training.evaluate import prompt_ids
 
 BENCH = ("../shared/bench/gsm8k.jsonl", "../shared/bench/humaneval.jsonl")
 HELDOUT = "runs/smollm2/heldout_prompts.jsonl"
@@ -31,18 +36,30 @@ def parse_draft(spec: str) -> tuple[str, str, str | None]:
     return name, path, mode or None
 
 
+def greedy_answers(target, tokenizer, prompts, max_new_tokens: int) -> list[tuple[list[int], int]]:
+    """(prompt + the target's greedy answer, answer start) for each prompt, one at a time."""
+    texts = []
+    for prompt in prompts:
+        ids = prompt_ids(tokenizer, prompt, chat_template=True)  # (1, P)
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+        texts.append((out[0].tolist(), ids.shape[1]))
+    return texts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--draft", type=parse_draft, action="append", required=True)
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--teacher-forced", type=int, default=0, metavar="N")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     target, tokenizer = load_smollm2()
     target = enable_pard(target)
     prompt_sets = {"bench": [p for path in BENCH for p in load_prompts(path)[:args.limit]],
                    "heldout": load_prompts(HELDOUT)[:args.limit]}
+    texts = greedy_answers(target, tokenizer, load_prompts(HELDOUT)[:args.teacher_forced], args.max_new_tokens)
     results = {"k": args.k, "max_new_tokens": args.max_new_tokens}
     for name, path, mode in args.draft:
         draft = load_draft(path, target=target)
@@ -53,6 +70,11 @@ def main() -> None:
             results[f"{name}/{set_name}"] = {"draft": path, "mode": mode, "tau": report.mean_tau,
                                              "histogram": list(report.histogram), "prompts": len(prompts)}
             print(name, set_name, report.summary(), f"{time.time() - start:.0f}s", flush=True)
+        if texts:
+            report = teacher_forced_tau(target, draft, texts, k=args.k, pard_mode=mode)
+            results[f"{name}/heldout-teacher-forced"] = {"draft": path, "mode": mode, "tau": report.mean_tau,
+                                                         "accuracy": list(report.accuracy), "texts": len(texts)}
+            print(name, "heldout teacher-forced", report.summary(), flush=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 

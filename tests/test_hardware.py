@@ -35,3 +35,11 @@ def test_cpu_flags_read_this_machine():
 
 def test_other_devices_are_not_assumed_fast():
     assert hardware.bf16_is_fast("meta") is False
+
+
+def test_a_warning_only_for_emulated_bf16(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert "--dtype fp32" in hardware.slow_dtype_warning(torch.bfloat16, "cpu")
+    assert hardware.slow_dtype_warning(torch.float32, "cpu") is None
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert hardware.slow_dtype_warning(torch.bfloat16, "cpu") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -23,6 +24,11 @@ def _load_pair(draft_path: str, dtype: str, device: str):
     from .embedded import load_smollm2
     from .modeling import enable_pard
 
+    from .hardware import slow_dtype_warning
+
+    warning = slow_dtype_warning(DTYPES[dtype], device)
+    if warning:
+        print(warning, file=sys.stderr)
     target, tokenizer = load_smollm2(dtype=DTYPES[dtype], device=device)
     return enable_pard(target), load_draft(draft_path, target=target), tokenizer
 

@@ -40,3 +40,11 @@ def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
 def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     """bf16 where it is native on ``device``, else fp32."""
     return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
+def slow_dtype_warning(dtype: torch.dtype, device: str | torch.device = "cpu") -> str | None:
+    """A one-line warning when ``dtype`` is bf16 but ``device`` only emulates it; None otherwise."""
+    if dtype != torch.bfloat16 or bf16_is_fast(device):
+        return None
+    return (f"warning: bf16 is emulated on this {torch.device(device).type} (no native bf16 instructions) and "
+            "can be many times slower than fp32; use --dtype fp32 here.")

@@ -15,7 +15,7 @@ Separate from the inference engine: nothing here is imported by ``transformers_p
 from .collator import IGNORE_INDEX, PardDataCollator, PardLayoutConfig, cod_keep_positions, layout_attention
 from .data import load_prompts, load_training_examples, tokenize_record
 from .draft import MASK_TOKEN_NAME, PreparedDraft, prepare_draft
-from .evaluate import TauReport, measure_tau
+from .evaluate import TauReport, TeacherForcedReport, measure_tau, teacher_forced_tau
 from .pard2 import Pard2Options, Pard2Trainer, attach_pard2, cat_weights, pard2_loss, train_pard2_draft
 from .trainer import PardTrainConfig, PardTrainer, pard_loss, train_draft, training_arguments
 
@@ -30,6 +30,7 @@ __all__ = [
     "Pard2Trainer",
     "PreparedDraft",
     "TauReport",
+    "TeacherForcedReport",
     "attach_pard2",
     "cat_weights",
     "cod_keep_positions",
@@ -40,6 +41,7 @@ __all__ = [
     "pard2_loss",
     "pard_loss",
     "prepare_draft",
+    "teacher_forced_tau",
     "tokenize_record",
     "train_draft",
     "train_pard2_draft",
