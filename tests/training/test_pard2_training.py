@@ -435,6 +435,10 @@ def test_bad_pard2_setup_raises(tmp_path):
         setup_pard2(draft, Pard2Options())
     with pytest.raises(ValueError, match="PARD-2 draft"):
         Pard2Trainer(model=tiny_causal_lm("llama", vocab_size=40), args=trainer_args(tmp_path), target=target)
+    _, draft, options, collator = pard2_setup(proj_bias=False)  # attached without the bias the fold needs
+    with pytest.raises(ValueError, match="need a bias"):
+        Pard2Trainer(model=draft, args=trainer_args(tmp_path), train_dataset=[{"input_ids": [3, 4, 5]}],
+                     data_collator=collator, target=target, pard2=Pard2Options(layers=LAYERS, standardize=True))
 
 
 # ---- learning --------------------------------------------------------------------------------------
