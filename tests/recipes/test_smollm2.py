@@ -213,6 +213,27 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
     assert recipe_commands(str(tmp_path / "third"))[-1] == (
         f"{first} --init-from {tmp_path / 'second'} --pard2 --pard2-layers -1 -20 --pard2-scale 0.1"
         " --pard2-standardize --freeze-mask-row --dtype fp32")
+    write_recipe(tmp_path / "fourth", init_from=str(tmp_path / "second"), pard2=True, pard2_projection_only=True)
+    assert recipe_commands(str(tmp_path / "fourth"))[-1].endswith("--pard2-scale 0.1 --pard2-projection-only")
+
+
+def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path, monkeypatch):
+    from transformers_pard.draft_io import save_compact_draft
+
+    target = tied_target(2)
+    draft = mark_as_pard_draft(build_cut_draft(target, 1), mask_token_id=MASK)
+    save_compact_draft(draft, tmp_path / "shipped", dtype=torch.float32, tokenizer=tiny_tokenizer())
+    loads = []
+    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: loads.append(1) or (target, tiny_tokenizer()))
+    full = smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
+    assert full == str(tmp_path / "out" / "full-shipped") and loads == [1]
+    assert COMPACT_KEY not in json.loads((tmp_path / "out" / "full-shipped" / "config.json").read_text())
+    back = load_draft(full, target=target)
+    for key, value in draft.state_dict().items():  # the embedding too: the target's, with the mask row
+        assert torch.equal(back.state_dict()[key], value), key
+    assert smollm2.full_draft_folder(full, str(tmp_path / "out")) == full  # a full folder is used as it is
+    smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
+    assert loads == [1]  # written once
 
 
 def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard
 from transformers_pard.pard2 import (
@@ -21,7 +21,7 @@ from transformers_pard.pard2 import (
     projection_state,
     read_projection_state,
 )
-from transformers_pard.testing import tiny_causal_lm
+from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm
 from transformers_pard.training import (
     PardDataCollator,
     PardTrainConfig,
@@ -365,6 +365,31 @@ def test_pard2_run_saves_a_loadable_lossless_draft_and_resumes(tmp_path):
     assert_lossless_in_both_modes(target, draft, tokenizer)
 
 
+def test_projection_only_run_trains_the_projection_alone(tmp_path):
+    draft_path, target, tokenizer = write_pard2_inputs(tmp_path)
+    recorder = Recorder()
+    options = Pard2Options(layers=LAYERS, scale=0.5, target_feat_mask=0.3, projection_only=True)
+    out = train_pard2_draft(pard2_config(tmp_path, draft_path, pard2=options), target=target, callbacks=[recorder])
+    assert recorder.optimized == recorder.proj_ids  # the optimizer holds target_proj's parameters only
+    assert read_projection_state(str(out))["weight"].abs().sum() > 0  # ... and it learned
+    before = prepare_draft(AutoModelForCausalLM.from_pretrained(draft_path), tokenizer)[0]  # as training loads it
+    after = PardAutoModelForCausalLM.from_pretrained(out)
+    for key, value in before.state_dict().items():  # every weight of the draft itself is as loaded
+        assert torch.equal(after.state_dict()[key], value), key
+    assert_lossless_in_both_modes(target, after, tokenizer)
+
+
+def test_a_compact_draft_folder_is_refused_for_training(tmp_path):
+    from transformers_pard.draft_io import save_compact_draft
+
+    _, target, tokenizer = write_pard2_inputs(tmp_path)
+    draft = tiny_causal_lm("llama", seed=1, vocab_size=len(tokenizer) + 2, num_layers=1, tie_word_embeddings=True)
+    save_compact_draft(mark_as_pard_draft(draft, mask_token_id=len(tokenizer)), tmp_path / "compact",
+                       tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="compact draft.*export_full_draft"):
+        train_pard2_draft(pard2_config(tmp_path, str(tmp_path / "compact")), target=target)
+
+
 def test_feature_statistics_are_the_mean_and_std_over_real_tokens():
     target = tiny_causal_lm("llama", seed=0, vocab_size=40, num_layers=2)
     examples = [{"input_ids": list(range(3, 3 + n))} for n in (4, 9, 1, 6)]
@@ -421,6 +446,7 @@ def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
         config_from_args(root.parse_args(argv[: argv.index("--target")]))
     plain = config_from_args(root.parse_args(argv[: argv.index("--pard2")]))
     assert plain.pard2 is None
+    assert config_from_args(root.parse_args([*argv, "--pard2-projection-only"])).pard2.projection_only is True
 
 
 def test_bad_pard2_setup_raises(tmp_path):

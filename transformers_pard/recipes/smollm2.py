@@ -125,7 +125,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
                 pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20,
                 run_name: str | None = None, pard2_layers: tuple[int, ...] = PARD2_LAYERS,
                 pard2_scale: float = PARD2_SCALE, freeze_mask_row: bool = False,
-                pard2_standardize: bool = False) -> str:
+                pard2_standardize: bool = False, pard2_projection_only: bool = False) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
     CAT + KD and the target's features, the target running in this process). ``init_from`` starts
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
@@ -138,7 +138,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         target, tokenizer = load_smollm2()
         build_cut_draft(target, num_layers).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
-    init_dir = init_from or init_dir
+    init_dir = full_draft_folder(init_from, out_dir) if init_from else init_dir
     mask_id = _mask_token_id(init_dir)
     config = PardTrainConfig(
         draft=init_dir, data=(os.path.join(out_dir, DATA_FILE),), output=run_dir, k=k, cod_ratio=cod_ratio,
@@ -146,20 +146,37 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
-        pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale, standardize=pard2_standardize)
-        if pard2 else None,
+        pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale, standardize=pard2_standardize,
+                           projection_only=pard2_projection_only) if pard2 else None,
     )
     target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
-    freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row else mask_id)
+    projection_only = pard2 and pard2_projection_only  # the mask row stays as loaded too
+    freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row or projection_only else mask_id)
     train_draft(config, callbacks=[freeze], target=target)
     record = {"k": k, "num_layers": num_layers, "epochs": epochs, "max_steps": max_steps, "lr": learning_rate,
               "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,
               "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale, "pard2_standardize": pard2_standardize,
-              "freeze_mask_row": freeze_mask_row,
+              "pard2_projection_only": pard2_projection_only, "freeze_mask_row": freeze_mask_row,
               "dtype": "bf16" if bf16 else "fp32"}
     with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
         json.dump(record, f, indent=2)
     return run_dir
+
+
+def full_draft_folder(folder: str, out_dir: str) -> str:
+    """``folder`` itself, or, for a compact draft (such as the shipped one), a full copy of it written
+    once under ``out_dir`` (training needs the embedding in the folder)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..draft_io import export_full_draft, is_compact_draft, load_draft
+
+    if not is_compact_draft(AutoConfig.from_pretrained(folder)):
+        return folder
+    full = os.path.join(out_dir, "full-" + os.path.basename(os.path.normpath(folder)))
+    if not os.path.exists(os.path.join(full, "config.json")):
+        draft = load_draft(folder, target=load_smollm2()[0], dtype=torch.float32)
+        export_full_draft(draft, full, tokenizer=AutoTokenizer.from_pretrained(folder))
+    return full
 
 
 def recipe_commands(run_dir: str) -> list[str]:
@@ -183,6 +200,8 @@ def recipe_commands(run_dir: str) -> list[str]:
         command += f" --pard2-scale {record['pard2_scale']}"
         if record.get("pard2_standardize"):
             command += " --pard2-standardize"
+        if record.get("pard2_projection_only"):
+            command += " --pard2-projection-only"
     if record.get("freeze_mask_row"):
         command += " --freeze-mask-row"
     if record.get("dtype"):  # "auto" depends on the machine: quote what the run used
@@ -298,6 +317,8 @@ def add_recipe_arguments(parser) -> None:
                         help=f"scale of the PARD-2 feature term (default {PARD2_SCALE})")
     parser.add_argument("--pard2-standardize", action="store_true",
                         help="train target_proj on standardized features (stored folded, with a bias)")
+    parser.add_argument("--pard2-projection-only", action="store_true",
+                        help="train target_proj alone, the draft's weights as loaded (e.g. --init-from a PARD-1 draft)")
     parser.add_argument("--init-from", default=None, help="start training from this draft folder")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--freeze-mask-row", action="store_true",
@@ -321,7 +342,8 @@ def run_stage(stage: str, args) -> None:
                     bf16=_use_bf16(args.dtype),
                     learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps,
                     run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale,
-                    freeze_mask_row=args.freeze_mask_row, pard2_standardize=args.pard2_standardize)
+                    freeze_mask_row=args.freeze_mask_row, pard2_standardize=args.pard2_standardize,
+                    pard2_projection_only=args.pard2_projection_only)
     elif stage == "eval":
         eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2, run_name=args.run_name)
     else:

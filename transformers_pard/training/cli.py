@@ -61,6 +61,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     pard2.add_argument("--pard2-proj-bias", action="store_true", help="give target_proj a bias (default: none)")
     pard2.add_argument("--pard2-standardize", action="store_true",
                        help="train target_proj on standardized features (stored folded, with a bias)")
+    pard2.add_argument("--pard2-projection-only", action="store_true",
+                       help="train target_proj alone (the draft's own weights stay as loaded: its target-independent "
+                            "mode is the input draft)")
     pard2.add_argument(
         "--target-feat-mask", type=float, default=0.1,
         help="probability of training a sample without features, for target-independent use (default 0.1)",
@@ -95,6 +98,7 @@ def pard2_from_args(args: argparse.Namespace):
         scale=args.pard2_scale,
         proj_bias=args.pard2_proj_bias,
         standardize=args.pard2_standardize,
+        projection_only=args.pard2_projection_only,
         target_feat_mask=args.target_feat_mask,
         ce_alpha=args.ce_alpha,
         kd_alpha=args.kd_alpha,

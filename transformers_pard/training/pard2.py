@@ -77,6 +77,9 @@ class Pard2Options:
     * ``standardize``: train the projection on standardized features (per-dimension mean / std of
       the target's features over the first ``STATS_EXAMPLES`` training examples), stored folded into
       a plain ``target_proj`` with a bias (``pard2.StandardizedProjection``); implies a bias.
+    * ``projection_only``: train ``target_proj`` alone; every other weight of the draft stays as
+      loaded. Turns an existing PARD-1 draft into a dual-mode one whose target-independent mode *is*
+      that draft, unchanged, at about half the backward cost (no weight gradients in the draft).
     """
 
     target: str | None = None
@@ -88,6 +91,7 @@ class Pard2Options:
     kd_alpha: float = 1.0
     kd_temperature: float = 1.0
     standardize: bool = False
+    projection_only: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
@@ -370,6 +374,13 @@ def setup_pard2(draft, options: Pard2Options, *, target=None, bf16: bool = False
 # ----------------------------------------------------------------------------------------------
 
 
+def freeze_all_but_projection(draft) -> None:
+    """``requires_grad`` only on ``target_proj``: the optimizer (built later by the Trainer from the
+    parameters that require grad) then trains the projection alone."""
+    for name, param in draft.named_parameters():
+        param.requires_grad_(name.startswith(PROJ_PREFIX))
+
+
 class Pard2Trainer(PardTrainer):
     """``PardTrainer`` with a frozen target: features in, CAT weights and KD in the loss.
 
@@ -396,6 +407,8 @@ class Pard2Trainer(PardTrainer):
         self.target_model = target.eval().requires_grad_(False)
         if self.pard2_options.standardize and not isinstance(self.model.target_proj, StandardizedProjection):
             self.standardize_projection()
+        if self.pard2_options.projection_only:
+            freeze_all_but_projection(self.model)
         seed = self.args.seed + 1_000_003 * self.args.process_index
         self.feature_generator = torch.Generator().manual_seed(seed)
 

@@ -200,9 +200,21 @@ def training_arguments(config: PardTrainConfig) -> TrainingArguments:
 
 
 def load_draft(path: str, *, tokenizer_path: str | None = None):
-    """The draft (fp32 weights, sdpa attention) and its tokenizer, from local folders or Hub ids."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The draft (fp32 weights, sdpa attention) and its tokenizer, from local folders or Hub ids.
 
+    A compact draft folder (``draft_io``: no embedding, borrowed from the target at load time) is refused:
+    loading it as a model would train on a randomly initialised embedding.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..draft_io import is_compact_draft
+
+    if is_compact_draft(AutoConfig.from_pretrained(path)):
+        raise ValueError(
+            f"{path} is a compact draft: it stores no embedding (it borrows the target's at load time), so it "
+            "cannot be trained as it is. Write a full folder first: draft_io.export_full_draft("
+            "draft_io.load_draft(path, target=target), out_dir, tokenizer=tokenizer), and train from out_dir."
+        )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     return model, tokenizer
