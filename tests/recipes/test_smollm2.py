@@ -213,8 +213,11 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
     assert recipe_commands(str(tmp_path / "third"))[-1] == (
         f"{first} --init-from {tmp_path / 'second'} --pard2 --pard2-layers -1 -20 --pard2-scale 0.1"
         " --pard2-standardize --freeze-mask-row --dtype fp32")
-    write_recipe(tmp_path / "fourth", init_from=str(tmp_path / "second"), pard2=True, pard2_projection_only=True)
-    assert recipe_commands(str(tmp_path / "fourth"))[-1].endswith("--pard2-scale 0.1 --pard2-projection-only")
+    write_recipe(tmp_path / "fourth", init_from=str(tmp_path / "second"), pard2=True, pard2_projection_only=True,
+                 optim="sgd", optim_args="momentum=0.9")
+    fourth = recipe_commands(str(tmp_path / "fourth"))[-1]
+    assert fourth.endswith("--pard2-scale 0.1 --pard2-projection-only")
+    assert " --optim sgd --optim-args momentum=0.9 " in fourth
 
 
 def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path, monkeypatch):

@@ -447,6 +447,11 @@ def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
     plain = config_from_args(root.parse_args(argv[: argv.index("--pard2")]))
     assert plain.pard2 is None
     assert config_from_args(root.parse_args([*argv, "--pard2-projection-only"])).pard2.projection_only is True
+    assert plain.extra_args == {}  # the Trainer's own optimizer
+    sgd = config_from_args(root.parse_args([*argv, "--optim", "sgd", "--optim-args", "momentum=0.9"]))
+    assert sgd.extra_args == {"optim": "sgd", "optim_args": "momentum=0.9"}
+    with pytest.raises(ValueError, match="--optim-args needs --optim"):
+        config_from_args(root.parse_args([*argv, "--optim-args", "momentum=0.9"]))
 
 
 def test_bad_pard2_setup_raises(tmp_path):

@@ -125,12 +125,14 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
                 pard2: bool = False, init_from: str | None = None, warmup_steps: int = 20,
                 run_name: str | None = None, pard2_layers: tuple[int, ...] = PARD2_LAYERS,
                 pard2_scale: float = PARD2_SCALE, freeze_mask_row: bool = False,
-                pard2_standardize: bool = False, pard2_projection_only: bool = False) -> str:
+                pard2_standardize: bool = False, pard2_projection_only: bool = False, optim: str | None = None,
+                optim_args: str | None = None) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
     CAT + KD and the target's features, the target running in this process). ``init_from`` starts
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
     Returns the run folder."""
     from ..training import Pard2Options, PardTrainConfig, train_draft
+    from ..training.cli import optimizer_args
 
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
     run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))
@@ -145,7 +147,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         cod_min=cod_min, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, resume="latest",
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
-        extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0},
+        extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0, **optimizer_args(optim, optim_args)},
         pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale, standardize=pard2_standardize,
                            projection_only=pard2_projection_only) if pard2 else None,
     )
@@ -157,6 +159,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
               "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,
               "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale, "pard2_standardize": pard2_standardize,
               "pard2_projection_only": pard2_projection_only, "freeze_mask_row": freeze_mask_row,
+              "optim": optim, "optim_args": optim_args,
               "dtype": "bf16" if bf16 else "fp32"}
     with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
         json.dump(record, f, indent=2)
@@ -191,7 +194,7 @@ def recipe_commands(run_dir: str) -> list[str]:
     defaults = vars(parser.parse_args([]))
     command = f"python -m transformers_pard recipe smollm2 --stage train --k {record['k']} " \
               f"--num-layers {record['num_layers']}"
-    for key in ("epochs", "max_steps", "lr", "warmup_steps", "init_from", "run_name"):
+    for key in ("epochs", "max_steps", "lr", "warmup_steps", "init_from", "run_name", "optim", "optim_args"):
         default = defaults[key]
         if record.get(key, default) != default:
             command += f" --{key.replace('_', '-')} {record[key]}"
@@ -320,6 +323,8 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("--pard2-projection-only", action="store_true",
                         help="train target_proj alone, the draft's weights as loaded (e.g. --init-from a PARD-1 draft)")
     parser.add_argument("--init-from", default=None, help="start training from this draft folder")
+    parser.add_argument("--optim", default=None, help="train stage: TrainingArguments.optim (e.g. sgd; default AdamW)")
+    parser.add_argument("--optim-args", default=None, help="train stage: TrainingArguments.optim_args (momentum=0.9)")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--freeze-mask-row", action="store_true",
                         help="train stage: keep the mask row too (a draft whose mask row is trained; faster)")
@@ -343,7 +348,7 @@ def run_stage(stage: str, args) -> None:
                     learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps,
                     run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale,
                     freeze_mask_row=args.freeze_mask_row, pard2_standardize=args.pard2_standardize,
-                    pard2_projection_only=args.pard2_projection_only)
+                    pard2_projection_only=args.pard2_projection_only, optim=args.optim, optim_args=args.optim_args)
     elif stage == "eval":
         eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2, run_name=args.run_name)
     else:

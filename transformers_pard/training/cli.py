@@ -50,6 +50,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--mask-token", help="mask token string or id (default: reserved token, spare row or new)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optim", default=None,
+                        help="optimizer, as transformers' TrainingArguments.optim (e.g. sgd; default: the Trainer's AdamW)")
+    parser.add_argument("--optim-args", default=None, metavar="K=V,...",
+                        help="optimizer arguments, as TrainingArguments.optim_args (e.g. momentum=0.9)")
     pard2 = parser.add_argument_group("PARD-2", "train a target-dependent draft (features, CAT weights, KD)")
     pard2.add_argument("--pard2", action="store_true", help="train a PARD-2 draft against --target")
     pard2.add_argument("--target", help="target model folder or Hub id (needed with --pard2; not saved)")
@@ -106,6 +110,13 @@ def pard2_from_args(args: argparse.Namespace):
     )
 
 
+def optimizer_args(optim: str | None, optim_args: str | None) -> dict:
+    """The ``TrainingArguments`` optimizer keys that were set (none: the Trainer's default AdamW)."""
+    if optim_args is not None and optim is None:
+        raise ValueError("--optim-args needs --optim (the optimizer they are for).")
+    return {key: value for key, value in (("optim", optim), ("optim_args", optim_args)) if value is not None}
+
+
 def config_from_args(args: argparse.Namespace):
     from .trainer import PardTrainConfig
 
@@ -132,6 +143,7 @@ def config_from_args(args: argparse.Namespace):
         logging_steps=args.logging_steps,
         mask_token=parse_mask_token(args.mask_token),
         seed=args.seed,
+        extra_args=optimizer_args(args.optim, args.optim_args),
         pard2=pard2_from_args(args),
     )
 
