@@ -132,7 +132,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
     Returns the run folder."""
     from ..training import Pard2Options, PardTrainConfig, train_draft
-    from ..training.cli import optimizer_args
+    from ..training.trainer import optimizer_args
 
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
     run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))

@@ -110,15 +110,8 @@ def pard2_from_args(args: argparse.Namespace):
     )
 
 
-def optimizer_args(optim: str | None, optim_args: str | None) -> dict:
-    """The ``TrainingArguments`` optimizer keys that were set (none: the Trainer's default AdamW)."""
-    if optim_args is not None and optim is None:
-        raise ValueError("--optim-args needs --optim (the optimizer they are for).")
-    return {key: value for key, value in (("optim", optim), ("optim_args", optim_args)) if value is not None}
-
-
 def config_from_args(args: argparse.Namespace):
-    from .trainer import PardTrainConfig
+    from .trainer import PardTrainConfig, optimizer_args
 
     return PardTrainConfig(
         draft=args.draft,

@@ -79,7 +79,7 @@ class Pard2Options:
       a plain ``target_proj`` with a bias (``pard2.StandardizedProjection``); implies a bias.
     * ``projection_only``: train ``target_proj`` alone; every other weight of the draft stays as
       loaded. Turns an existing PARD-1 draft into a dual-mode one whose target-independent mode *is*
-      that draft, unchanged, at about half the backward cost (no weight gradients in the draft).
+      that draft, unchanged; the backward pass computes no weight gradients for the draft.
     """
 
     target: str | None = None

@@ -167,6 +167,13 @@ class PardTrainConfig:
                 raise ValueError(f"pard2 must be a Pard2Options or None, got {type(self.pard2).__name__}.")
 
 
+def optimizer_args(optim: str | None, optim_args: str | None) -> dict:
+    """The ``TrainingArguments`` optimizer keys that were set (none: the Trainer's default AdamW)."""
+    if optim_args is not None and optim is None:
+        raise ValueError("--optim-args needs --optim (the optimizer they are for).")
+    return {key: value for key, value in (("optim", optim), ("optim_args", optim_args)) if value is not None}
+
+
 def training_arguments(config: PardTrainConfig) -> TrainingArguments:
     """``TrainingArguments`` for a PARD run (the layout needs every batch key, so no column removal)."""
     on_accelerator = (

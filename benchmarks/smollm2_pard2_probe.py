@@ -1,0 +1,107 @@
+"""Short PARD-2 fine-tunes of the shipped SmolLM2 PARD-1 draft, judged by teacher-forced tau.
+
+    python benchmarks/smollm2_pard2_probe.py --baseline
+    python benchmarks/smollm2_pard2_probe.py --run-name sgd-ce --projection-only --steps 30 --lr 0.002 \\
+        --optim sgd --optim-args momentum=0.9 --ce-alpha 1 --kd-alpha 0 --save-steps 10
+
+Each run starts from the shipped draft (a full copy, ``recipes.smollm2.full_draft_folder``), trains on
+whatever ``runs/smollm2/distill.jsonl`` holds (the recipe's data stage; standardized features of the
+target's layers -1 and -20, K = 8, COD 0.7 / 0.2, batch 4 x 2, constant learning rate after warm-up),
+and reports the teacher-forced tau (K = 8) on the target's greedy answers to the first ``--texts``
+held-out prompts, for every checkpoint and the final folder: target-dependent mode, and
+target-independent mode unless ``--projection-only`` (then it is the shipped draft, unchanged).
+``--out FILE`` appends one json line per run.
+"""
+
+import argparse
+import json
+import os
+import time
+
+from smollm2_tau import HELDOUT, greedy_answers
+
+from transformers_pard.draft_io import load_draft
+from transformers_pard.embedded import load_smollm2
+from transformers_pard.recipes.smollm2 import DATA_FILE, MASK_TOKEN, FreezeEmbeddingExceptMask, full_draft_folder
+from transformers_pard.training import Pard2Options, PardTrainConfig, load_prompts, teacher_forced_tau, train_draft
+from transformers_pard.training.trainer import optimizer_args
+
+OUT_DIR = "runs/smollm2"
+SHIPPED = "transformers_pard/assets/smollm2-pard-k8"
+TEXTS_CACHE = os.path.join(OUT_DIR, "probe_texts.json")
+
+
+def heldout_texts(target, tokenizer, n: int) -> list:
+    """(ids, answer start) of the target's greedy answers to the first ``n`` held-out prompts (cached)."""
+    if os.path.exists(TEXTS_CACHE):
+        texts = json.load(open(TEXTS_CACHE))
+        if len(texts) == n:
+            return texts
+    texts = greedy_answers(target, tokenizer, load_prompts(HELDOUT)[:n], max_new_tokens=128)
+    json.dump(texts, open(TEXTS_CACHE, "w"))
+    return texts
+
+
+def tau(target, folder: str, texts, modes) -> dict:
+    draft = load_draft(folder, target=target)
+    results = {}
+    for mode in modes:
+        report = teacher_forced_tau(target, draft, texts, k=8, pard_mode=mode)
+        results[mode or "pard"] = {"tau": round(report.mean_tau, 3), "accuracy": [round(a, 3) for a in report.accuracy]}
+    return results
+
+
+def train(args, target) -> str:
+    run_dir = os.path.join(OUT_DIR, f"probe-{args.run_name}")
+    options = Pard2Options(layers=(-1, -20), scale=args.pard2_scale, standardize=True, ce_alpha=args.ce_alpha,
+                           kd_alpha=args.kd_alpha, projection_only=args.projection_only)
+    config = PardTrainConfig(
+        draft=full_draft_folder(SHIPPED, OUT_DIR), data=(os.path.join(OUT_DIR, DATA_FILE),), output=run_dir, k=8,
+        cod_ratio=0.7, cod_min=0.2, max_steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        batch_size=4, grad_accum=2, max_length=320, resume="latest", save_steps=args.save_steps, logging_steps=5,
+        save_total_limit=None, mask_token=MASK_TOKEN,
+        extra_args={"lr_scheduler_type": "constant_with_warmup", "weight_decay": 0.0,
+                    **optimizer_args(args.optim, args.optim_args)},
+        pard2=options,
+    )
+    start = time.time()
+    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(None)], target=target)
+    print(f"trained {args.steps} steps in {time.time() - start:.0f} s", flush=True)
+    return run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", action="store_true", help="only the shipped draft's teacher-forced tau")
+    parser.add_argument("--run-name", default="probe")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--optim", default=None, help="TrainingArguments.optim (default: the Trainer's AdamW)")
+    parser.add_argument("--optim-args", default=None)
+    parser.add_argument("--ce-alpha", type=float, default=0.1)
+    parser.add_argument("--kd-alpha", type=float, default=1.0)
+    parser.add_argument("--pard2-scale", type=float, default=1.0)
+    parser.add_argument("--projection-only", action="store_true")
+    parser.add_argument("--save-steps", type=int, default=10)
+    parser.add_argument("--texts", type=int, default=20)
+    parser.add_argument("--out", default=None, help="append the results as a json line to this file")
+    args = parser.parse_args()
+    target, tokenizer = load_smollm2()
+    texts = heldout_texts(target, tokenizer, args.texts)
+    result = {"args": vars(args)}
+    if args.baseline:
+        result["shipped"] = tau(target, SHIPPED, texts, [None])
+    else:
+        run_dir = train(args, target)
+        modes = ["dependent"] if args.projection_only else ["dependent", "independent"]
+        for name in sorted((d for d in os.listdir(run_dir) if d.startswith("checkpoint-")), key=lambda d: int(d[11:])):
+            result[name] = tau(target, os.path.join(run_dir, name), texts, modes)
+    print(json.dumps(result), flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
