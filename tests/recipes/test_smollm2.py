@@ -220,6 +220,11 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
     assert " --optim sgd --optim-args momentum=0.9 " in fourth
 
 
+def test_projection_only_needs_pard2(tmp_path):
+    with pytest.raises(ValueError, match="--pard2-projection-only.*--pard2"):
+        smollm2.train_stage(str(tmp_path), pard2_projection_only=True)
+
+
 def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path, monkeypatch):
     from transformers_pard.draft_io import save_compact_draft
 

@@ -446,6 +446,8 @@ def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
         config_from_args(root.parse_args(argv[: argv.index("--target")]))
     plain = config_from_args(root.parse_args(argv[: argv.index("--pard2")]))
     assert plain.pard2 is None
+    with pytest.raises(ValueError, match="--pard2-projection-only.*--pard2"):
+        config_from_args(root.parse_args([*argv[: argv.index("--pard2")], "--pard2-projection-only"]))
     assert config_from_args(root.parse_args([*argv, "--pard2-projection-only"])).pard2.projection_only is True
     assert plain.extra_args == {}  # the Trainer's own optimizer
     sgd = config_from_args(root.parse_args([*argv, "--optim", "sgd", "--optim-args", "momentum=0.9"]))

@@ -134,6 +134,8 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
     from ..training import Pard2Options, PardTrainConfig, train_draft
     from ..training.trainer import optimizer_args
 
+    if pard2_projection_only and not pard2:
+        raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2.")
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
     run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))
     if init_from is None and not os.path.exists(os.path.join(init_dir, "config.json")):
@@ -152,8 +154,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
                            projection_only=pard2_projection_only) if pard2 else None,
     )
     target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
-    projection_only = pard2 and pard2_projection_only  # the mask row stays as loaded too
-    freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row or projection_only else mask_id)
+    freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row or pard2_projection_only else mask_id)  # mask row too
     train_draft(config, callbacks=[freeze], target=target)
     record = {"k": k, "num_layers": num_layers, "epochs": epochs, "max_steps": max_steps, "lr": learning_rate,
               "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,

@@ -91,6 +91,8 @@ def pard2_from_args(args: argparse.Namespace):
     if not getattr(args, "pard2", False):
         if getattr(args, "target", None):
             raise ValueError("--target is only used with --pard2.")
+        if getattr(args, "pard2_projection_only", False):
+            raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2 (and --target).")
         return None
     if not args.target:
         raise ValueError("--pard2 needs --target (the target model folder or Hub id).")
