@@ -214,15 +214,17 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
         f"{first} --init-from {tmp_path / 'second'} --pard2 --pard2-layers -1 -20 --pard2-scale 0.1"
         " --pard2-standardize --freeze-mask-row --dtype fp32")
     write_recipe(tmp_path / "fourth", init_from=str(tmp_path / "second"), pard2=True, pard2_projection_only=True,
-                 optim="sgd", optim_args="momentum=0.9")
+                 optim="sgd", optim_args="momentum=0.9", pard2_cache="runs/cache")
     fourth = recipe_commands(str(tmp_path / "fourth"))[-1]
-    assert fourth.endswith("--pard2-scale 0.1 --pard2-projection-only")
+    assert fourth.endswith("--pard2-scale 0.1 --pard2-projection-only --pard2-cache runs/cache")
     assert " --optim sgd --optim-args momentum=0.9 " in fourth
 
 
-def test_projection_only_needs_pard2(tmp_path):
+def test_projection_only_and_cache_need_pard2(tmp_path):
     with pytest.raises(ValueError, match="--pard2-projection-only.*--pard2"):
         smollm2.train_stage(str(tmp_path), pard2_projection_only=True)
+    with pytest.raises(ValueError, match="--pard2-cache.*--pard2"):
+        smollm2.train_stage(str(tmp_path), pard2_cache=str(tmp_path / "cache"))
 
 
 def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path, monkeypatch):

@@ -126,16 +126,19 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
                 run_name: str | None = None, pard2_layers: tuple[int, ...] = PARD2_LAYERS,
                 pard2_scale: float = PARD2_SCALE, freeze_mask_row: bool = False,
                 pard2_standardize: bool = False, pard2_projection_only: bool = False, optim: str | None = None,
-                optim_args: str | None = None) -> str:
+                optim_args: str | None = None, pard2_cache: str | None = None) -> str:
     """Cut the draft from the target and PARD-train it on the distilled data (``pard2``: PARD-2 with
     CAT + KD and the target's features, the target running in this process). ``init_from`` starts
     from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of the PARD-1 draft).
-    Returns the run folder."""
+    ``pard2_cache``: folder of precomputed target passes (built on first use; ``training.target_cache``),
+    for runs of several epochs or several runs on the same data. Returns the run folder."""
     from ..training import Pard2Options, PardTrainConfig, train_draft
     from ..training.trainer import optimizer_args
 
     if pard2_projection_only and not pard2:
         raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2.")
+    if pard2_cache and not pard2:
+        raise ValueError("--pard2-cache holds a PARD-2 target's passes: add --pard2.")
     init_dir = os.path.join(out_dir, f"cut-l{num_layers}")  # the same starting point for every K / mode
     run_dir = os.path.join(out_dir, run_name or run_dir_name(k, num_layers, pard2))
     if init_from is None and not os.path.exists(os.path.join(init_dir, "config.json")):
@@ -151,7 +154,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
         save_steps=50, logging_steps=10, mask_token=MASK_TOKEN, seed=seed,
         extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0, **optimizer_args(optim, optim_args)},
         pard2=Pard2Options(layers=tuple(pard2_layers), scale=pard2_scale, standardize=pard2_standardize,
-                           projection_only=pard2_projection_only) if pard2 else None,
+                           projection_only=pard2_projection_only, cache=pard2_cache) if pard2 else None,
     )
     target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if pard2 else None
     freeze = FreezeEmbeddingExceptMask(None if freeze_mask_row or pard2_projection_only else mask_id)  # mask row too
@@ -160,7 +163,7 @@ def train_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, epochs: float 
               "warmup_steps": warmup_steps, "init_from": init_from, "run_name": run_name, "pard2": pard2,
               "pard2_layers": list(pard2_layers), "pard2_scale": pard2_scale, "pard2_standardize": pard2_standardize,
               "pard2_projection_only": pard2_projection_only, "freeze_mask_row": freeze_mask_row,
-              "optim": optim, "optim_args": optim_args,
+              "optim": optim, "optim_args": optim_args, "pard2_cache": pard2_cache,
               "dtype": "bf16" if bf16 else "fp32"}
     with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
         json.dump(record, f, indent=2)
@@ -206,6 +209,8 @@ def recipe_commands(run_dir: str) -> list[str]:
             command += " --pard2-standardize"
         if record.get("pard2_projection_only"):
             command += " --pard2-projection-only"
+        if record.get("pard2_cache"):
+            command += f" --pard2-cache {record['pard2_cache']}"
     if record.get("freeze_mask_row"):
         command += " --freeze-mask-row"
     if record.get("dtype"):  # "auto" depends on the machine: quote what the run used
@@ -323,6 +328,8 @@ def add_recipe_arguments(parser) -> None:
                         help="train target_proj on standardized features (stored folded, with a bias)")
     parser.add_argument("--pard2-projection-only", action="store_true",
                         help="train target_proj alone, the draft's weights as loaded (e.g. --init-from a PARD-1 draft)")
+    parser.add_argument("--pard2-cache", default=None, metavar="DIR",
+                        help="train stage: precomputed target passes (built here on first use, then read every epoch)")
     parser.add_argument("--init-from", default=None, help="start training from this draft folder")
     parser.add_argument("--optim", default=None, help="train stage: TrainingArguments.optim (e.g. sgd; default AdamW)")
     parser.add_argument("--optim-args", default=None, help="train stage: TrainingArguments.optim_args (momentum=0.9)")
@@ -349,7 +356,8 @@ def run_stage(stage: str, args) -> None:
                     learning_rate=args.lr, pard2=args.pard2, init_from=args.init_from, warmup_steps=args.warmup_steps,
                     run_name=args.run_name, pard2_layers=tuple(args.pard2_layers), pard2_scale=args.pard2_scale,
                     freeze_mask_row=args.freeze_mask_row, pard2_standardize=args.pard2_standardize,
-                    pard2_projection_only=args.pard2_projection_only, optim=args.optim, optim_args=args.optim_args)
+                    pard2_projection_only=args.pard2_projection_only, optim=args.optim, optim_args=args.optim_args,
+                    pard2_cache=args.pard2_cache)
     elif stage == "eval":
         eval_stage(args.out, k=args.k, num_layers=args.num_layers, pard2=args.pard2, run_name=args.run_name)
     else:

@@ -75,6 +75,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     pard2.add_argument("--ce-alpha", type=float, default=0.1, help="weight of the CE term (default 0.1)")
     pard2.add_argument("--kd-alpha", type=float, default=1.0, help="weight of the KL(target || draft) term (default 1)")
     pard2.add_argument("--kd-temperature", type=float, default=1.0, help="KD temperature T (default 1)")
+    pard2.add_argument("--pard2-cache", default=None, metavar="DIR",
+                       help="precomputed target passes: built here from the data on first use, then read every "
+                            "epoch instead of running the target (features, CAT weights, KD logits)")
+    pard2.add_argument("--pard2-cache-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                       help="how --pard2-cache stores the features (default float16)")
     parser.set_defaults(func=run_train)
     return parser
 
@@ -93,6 +98,8 @@ def pard2_from_args(args: argparse.Namespace):
             raise ValueError("--target is only used with --pard2.")
         if getattr(args, "pard2_projection_only", False):
             raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2 (and --target).")
+        if getattr(args, "pard2_cache", None):
+            raise ValueError("--pard2-cache holds a PARD-2 target's passes: add --pard2 (and --target).")
         return None
     if not args.target:
         raise ValueError("--pard2 needs --target (the target model folder or Hub id).")
@@ -109,6 +116,8 @@ def pard2_from_args(args: argparse.Namespace):
         ce_alpha=args.ce_alpha,
         kd_alpha=args.kd_alpha,
         kd_temperature=args.kd_temperature,
+        cache=args.pard2_cache,
+        cache_dtype=args.pard2_cache_dtype,
     )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -80,6 +80,10 @@ class Pard2Options:
     * ``projection_only``: train ``target_proj`` alone; every other weight of the draft stays as
       loaded. Turns an existing PARD-1 draft into a dual-mode one whose target-independent mode *is*
       that draft, unchanged; the backward pass computes no weight gradients for the draft.
+    * ``cache``: folder of precomputed target passes (``training.target_cache``): built on first use
+      from the training data, then every epoch reads features, gold probabilities and (through the
+      target's output head) KD logits from it instead of running the target. ``cache_dtype``: how
+      the features are stored (float16, bfloat16 or float32).
     """
 
     target: str | None = None
@@ -92,6 +96,8 @@ class Pard2Options:
     kd_temperature: float = 1.0
     standardize: bool = False
     projection_only: bool = False
+    cache: str | None = None
+    cache_dtype: str = "float16"
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
@@ -105,6 +111,8 @@ class Pard2Options:
             raise ValueError(f"ce_alpha and kd_alpha must be >= 0, not both 0; got {self.ce_alpha}, {self.kd_alpha}.")
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature!r}.")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,9 +287,9 @@ def pard2_loss(
 
 
 class TargetPass(NamedTuple):
-    """One no-grad target forward on the real sequences of a batch."""
+    """One no-grad target forward on the real sequences of a batch (or its cached copy)."""
 
-    logits: torch.Tensor  # (B, L, V_t)
+    logits: torch.Tensor | None  # (B, L, V_t); None from a target cache read without KD
     features: torch.Tensor  # (B, L, D) feature(u) at column u
     gold: torch.Tensor  # (B, L) g_u
 
@@ -331,24 +339,35 @@ def attach_pard2(draft, options: Pard2Options, *, target_dim: int) -> Pard2Confi
 STATS_EXAMPLES = 64
 
 
+def feature_moments(chunks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (D,) over the rows of (tokens, D) feature chunks."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for features in chunks:
+        features = features.double()
+        total, total_sq, count = total + features.sum(0), total_sq + features.pow(2).sum(0), count + len(features)
+    if not count:
+        raise ValueError("Feature statistics need at least one example with tokens.")
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-3)  # a constant dimension stays finite
+    return mean.float(), std.float()
+
+
 def feature_statistics(
     target, examples: Sequence[dict], layers: Sequence[int], *, batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std (D,) of the target's features over the real tokens of ``examples``
     (dicts with ``input_ids``, e.g. the first ``STATS_EXAMPLES`` of the training set)."""
     device = next(target.parameters()).device
-    total, total_sq, count = 0.0, 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        sequences = [torch.as_tensor(e["input_ids"]) for e in examples[start : start + batch_size]]
-        ids = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (B, L)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True).to(device)
-        features = run_target(target, ids, mask, layers).features[mask.bool()].double()  # (tokens, D)
-        total, total_sq, count = total + features.sum(0), total_sq + features.pow(2).sum(0), count + len(features)
-    if not count:
-        raise ValueError("feature_statistics needs at least one example with tokens.")
-    mean = total / count
-    std = (total_sq / count - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-3)  # a constant dimension stays finite
-    return mean.float(), std.float()
+
+    def chunks():
+        for start in range(0, len(examples), batch_size):
+            sequences = [torch.as_tensor(e["input_ids"]) for e in examples[start : start + batch_size]]
+            ids = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (B, L)
+            mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True)
+            mask = mask.to(device)  # (B, L)
+            yield run_target(target, ids, mask, layers).features[mask.bool()]  # (tokens, D)
+
+    return feature_moments(chunks())
 
 
 def load_target(path: str, *, bf16: bool = False):
@@ -405,6 +424,7 @@ class Pard2Trainer(PardTrainer):
         if getattr(target, "hf_device_map", None) is None:
             target = target.to(self.args.device)
         self.target_model = target.eval().requires_grad_(False)
+        self.target_cache = self.open_target_cache() if self.pard2_options.cache else None
         if self.pard2_options.standardize and not isinstance(self.model.target_proj, StandardizedProjection):
             self.standardize_projection()
         if self.pard2_options.projection_only:
@@ -412,21 +432,43 @@ class Pard2Trainer(PardTrainer):
         seed = self.args.seed + 1_000_003 * self.args.process_index
         self.feature_generator = torch.Generator().manual_seed(seed)
 
+    def open_target_cache(self):
+        """The ``TargetCache`` of ``options.cache``, built first (by the main process) if missing."""
+        from .target_cache import TargetCache, build_target_cache, is_target_cache
+
+        options = self.pard2_options
+        with self.args.main_process_first(desc="PARD-2 target cache"):
+            if not is_target_cache(options.cache):
+                build_target_cache(self.target_model, self.train_dataset, self.pard2.target_layers, options.cache,
+                                   dtype=options.cache_dtype, max_length=self.collator_max_length())
+        return TargetCache(options.cache, target=self.target_model, layers=self.pard2.target_layers,
+                           need_logits=options.kd_alpha > 0)
+
+    def collator_max_length(self) -> int | None:
+        return getattr(self.data_collator, "max_length", None)
+
     def standardize_projection(self) -> None:
         """Reparameterise ``target_proj`` on standardized features (same function; folded when saved)."""
         if not self.pard2.proj_bias:
             raise ValueError("Standardized PARD-2 features need a bias in target_proj (attach_pard2 sets it).")
         examples = [self.train_dataset[i] for i in range(min(len(self.train_dataset), STATS_EXAMPLES))]
-        mean, std = feature_statistics(self.target_model, examples, self.pard2.target_layers)
+        if self.target_cache is not None:
+            mean, std = feature_moments([self.target_cache.features_of(examples, self.collator_max_length())])
+        else:
+            mean, std = feature_statistics(self.target_model, examples, self.pard2.target_layers)
         draft = self.accelerator.unwrap_model(self.model)
         draft.target_proj = StandardizedProjection.wrap(draft.target_proj, mean, std)
 
     def target_pass(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run the target on the batch's real sequences; features of dropped samples zeroed."""
+        """The target's pass on the batch's real sequences (live, or from the cache); features of
+        dropped samples zeroed."""
         if "target_input_ids" not in inputs:
             raise ValueError("PARD-2 batches need target_input_ids: use PardDataCollator(with_target_inputs=True).")
-        ids = inputs["target_input_ids"]  # (B, L)
-        out = run_target(self.target_model, ids, inputs["target_attention_mask"], self.pard2.target_layers)
+        ids, attention_mask = inputs["target_input_ids"], inputs["target_attention_mask"]  # (B, L)
+        if self.target_cache is not None:
+            out = self.target_cache.target_pass(ids, attention_mask)
+        else:
+            out = run_target(self.target_model, ids, attention_mask, self.pard2.target_layers)
         keep = feature_keep_mask(ids.shape[0], self.pard2_options.target_feat_mask, generator=self.feature_generator)
         keep = keep.to(ids.device)  # (B,)
         return {
