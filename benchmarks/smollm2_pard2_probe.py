@@ -10,7 +10,8 @@ target's layers -1 and -20, K = 8, COD 0.7 / 0.2, batch 4 x 2, constant learning
 and reports the teacher-forced tau (K = 8) on the target's greedy answers to the first ``--texts``
 held-out prompts, for every checkpoint and the final folder: target-dependent mode, and
 target-independent mode unless ``--projection-only`` (then it is the shipped draft, unchanged).
-``--out FILE`` appends one json line per run.
+``--out FILE`` appends one json line per run. ``--pard2-cache DIR`` reads the target's passes from DIR
+(built there first if missing) instead of running the target every step.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import os
 import time
 
 from smollm2_tau import HELDOUT, greedy_answers
+from transformers import TrainerCallback
 
 from transformers_pard.draft_io import load_draft
 from transformers_pard.embedded import load_smollm2
@@ -54,7 +56,7 @@ def tau(target, folder: str, texts, modes) -> dict:
 def train(args, target) -> str:
     run_dir = os.path.join(OUT_DIR, f"probe-{args.run_name}")
     options = Pard2Options(layers=(-1, -20), scale=args.pard2_scale, standardize=True, ce_alpha=args.ce_alpha,
-                           kd_alpha=args.kd_alpha, projection_only=args.projection_only)
+                           kd_alpha=args.kd_alpha, projection_only=args.projection_only, cache=args.pard2_cache)
     config = PardTrainConfig(
         draft=full_draft_folder(SHIPPED, OUT_DIR), data=(os.path.join(OUT_DIR, DATA_FILE),), output=run_dir, k=8,
         cod_ratio=0.7, cod_min=0.2, max_steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -64,10 +66,25 @@ def train(args, target) -> str:
                     **optimizer_args(args.optim, args.optim_args)},
         pard2=options,
     )
-    start = time.time()
-    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(None)], target=target)
-    print(f"trained {args.steps} steps in {time.time() - start:.0f} s", flush=True)
+    start, timer = time.time(), StepTimer()
+    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(None), timer], target=target)
+    print(f"trained {args.steps} steps in {time.time() - start:.0f} s, of which the steps took "
+          f"{timer.seconds:.0f} s ({timer.seconds / max(timer.steps, 1):.1f} s a step)", flush=True)
     return run_dir
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of the training steps alone (no setup, cache build or final save)."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._start = 0.0, 0, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
 
 
 def main() -> None:
@@ -83,6 +100,8 @@ def main() -> None:
     parser.add_argument("--kd-alpha", type=float, default=1.0)
     parser.add_argument("--pard2-scale", type=float, default=1.0)
     parser.add_argument("--projection-only", action="store_true")
+    parser.add_argument("--pard2-cache", default=None, metavar="DIR",
+                        help="precomputed target passes (built on first use; the build is not in the step time)")
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--texts", type=int, default=20)
     parser.add_argument("--out", default=None, help="append the results as a json line to this file")

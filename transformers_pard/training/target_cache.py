@@ -50,6 +50,12 @@ def sequence_key(input_ids: torch.Tensor | Sequence[int]) -> str:
     return hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:20]
 
 
+def _checksum(weight: torch.Tensor, samples: int = 1 << 16) -> float:
+    """Sum of |w| over at most ``samples`` evenly strided entries (no full float64 copy of a big matrix)."""
+    flat = weight.detach().reshape(-1)
+    return float(flat[:: max(1, flat.numel() // samples)].double().abs().sum())
+
+
 def target_fingerprint(target) -> dict:
     """Architecture sizes plus a checksum of the output head and the last parameter: (JSON-able)."""
     text = target.config.get_text_config()
@@ -60,7 +66,7 @@ def target_fingerprint(target) -> dict:
         "hidden_size": text.hidden_size,
         "num_hidden_layers": text.num_hidden_layers,
         "vocab_size": head.shape[0],
-        "checksum": round(float(head.detach().double().abs().sum() + last.detach().double().abs().sum()), 3),
+        "checksum": round(_checksum(head) + _checksum(last), 4),
     }
 
 
@@ -247,9 +253,9 @@ class TargetCache:
         device = input_ids.device
         logits = None
         if last is not None:
-            head = self.target.get_output_embeddings()
+            head = self.target.get_output_embeddings()  # may sit on another device (a device map)
             with torch.no_grad():
-                logits = head(last.to(device=device, dtype=head.weight.dtype))  # (B, L, V)
+                logits = head(last.to(device=head.weight.device, dtype=head.weight.dtype)).to(device)  # (B, L, V)
         return TargetPass(logits, features.to(device), gold.to(device))
 
     def features_of(self, examples: Sequence[Mapping], max_length: int | None = None) -> torch.Tensor:
