@@ -96,12 +96,12 @@ def test_recipe_train_flags_reach_the_train_stage(stages, tmp_path, capsys):
               "--pard2", "--pard2-layers", "-1", "-4", "--pard2-scale", "0.3", "--k", "4", "--num-layers", "2",
               "--epochs", "2", "--max-steps", "7", "--lr", "1e-3", "--init-from", "runs/x", "--warmup-steps", "3",
               "--freeze-mask-row", "--dtype", "bf16", "--pard2-standardize", "--pard2-projection-only",
-              "--optim", "sgd", "--optim-args", "momentum=0.9"])
+              "--optim", "sgd", "--optim-args", "momentum=0.9", "--pard2-cache", "runs/cache"])
     assert stages == [("train", str(tmp_path), dict(
         k=4, num_layers=2, epochs=2.0, max_steps=7, learning_rate=1e-3, pard2=True, init_from="runs/x",
         warmup_steps=3, run_name="draft-k8-l3-cont", pard2_layers=(-1, -4), pard2_scale=0.3, bf16=True,
         freeze_mask_row=True, pard2_standardize=True, pard2_projection_only=True, optim="sgd",
-        optim_args="momentum=0.9"))]
+        optim_args="momentum=0.9", pard2_cache="runs/cache"))]
     assert capsys.readouterr().out == "== recipe smollm2: train\n"
 
 
