@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .pard2 import CACHE_DTYPES
+
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``train`` to an ``argparse`` subparsers object and return its parser."""
@@ -78,7 +80,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     pard2.add_argument("--pard2-cache", default=None, metavar="DIR",
                        help="precomputed target passes: built here from the data on first use, then read every "
                             "epoch instead of running the target (features, CAT weights, KD logits)")
-    pard2.add_argument("--pard2-cache-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+    pard2.add_argument("--pard2-cache-dtype", default="float16", choices=CACHE_DTYPES,
                        help="how --pard2-cache stores the features (default float16)")
     parser.set_defaults(func=run_train)
     return parser

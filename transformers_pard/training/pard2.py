@@ -55,6 +55,8 @@ from ..pard2 import (
 from .collator import IGNORE_INDEX, PardDataCollator
 from .trainer import PardTrainConfig, PardTrainer, pard_loss, train_draft
 
+#: How a target cache may store features (``Pard2Options.cache_dtype``).
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
 #: The target layers of the published PARD-2 drafts (indices into ``output_hidden_states``).
 DEFAULT_LAYERS = (-1, -8, -16, -24)
 
@@ -111,8 +113,8 @@ class Pard2Options:
             raise ValueError(f"ce_alpha and kd_alpha must be >= 0, not both 0; got {self.ce_alpha}, {self.kd_alpha}.")
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature!r}.")
-        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}.")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +296,13 @@ class TargetPass(NamedTuple):
     gold: torch.Tensor  # (B, L) g_u
 
 
+def pad_right(sequences: Sequence[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) ids (pad 0) and attention mask of 1-D id tensors, on ``device``."""
+    ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True)  # (B, L)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True)  # (B, L)
+    return ids.to(device), mask.to(device)
+
+
 def run_target(
     target, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
 ) -> TargetPass:
@@ -362,9 +371,7 @@ def feature_statistics(
     def chunks():
         for start in range(0, len(examples), batch_size):
             sequences = [torch.as_tensor(e["input_ids"]) for e in examples[start : start + batch_size]]
-            ids = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (B, L)
-            mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True)
-            mask = mask.to(device)  # (B, L)
+            ids, mask = pad_right(sequences, device)  # (B, L)
             yield run_target(target, ids, mask, layers).features[mask.bool()]  # (tokens, D)
 
     return feature_moments(chunks())

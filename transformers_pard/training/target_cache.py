@@ -31,7 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .pard2 import TargetPass, gold_probs
+from ..pard2 import target_features
+from .pard2 import CACHE_DTYPES, TargetPass, gold_probs, pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ FORMAT = 1
 SHARD_EXAMPLES = 256
 #: Relative tolerance of the "logits == output head(last hidden state)" check at build time.
 HEAD_TOLERANCE = 1e-3
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+STORAGE_DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPES}
 
 
 def sequence_key(input_ids: torch.Tensor | Sequence[int]) -> str:
@@ -134,11 +135,10 @@ def build_target_cache(
 
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        ids = torch.nn.utils.rnn.pad_sequence([s for _, s in chunk], batch_first=True).to(device)  # (B, L)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for _, s in chunk], batch_first=True).to(device)
+        ids, mask = pad_right([s for _, s in chunk], device)  # (B, L)
         with torch.no_grad():
             out = target(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-        features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # (B, L, D)
+        features = target_features(out.hidden_states, layers)  # (B, L, D)
         gold = gold_probs(out.logits, ids)  # (B, L)
         if head_ok is None:
             head_ok = head_reproduces_logits(target, out.hidden_states[-1], out.logits)
