@@ -31,8 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..pard2 import target_features
-from .pard2 import CACHE_DTYPES, TargetPass, gold_probs, pad_right
+from .pard2 import CACHE_DTYPES, TargetPass, pad_right, run_target
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +86,15 @@ def head_reproduces_logits(target, last_hidden: torch.Tensor, logits: torch.Tens
     return bool(error <= HEAD_TOLERANCE * logits.float().abs().max().clamp(min=1.0))
 
 
-def _check_storable(features: torch.Tensor, dtype: torch.dtype) -> None:
-    if dtype != torch.float32 and not bool(torch.isfinite(features.to(dtype)).all()):
+def _storable(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``features`` in the storage ``dtype``, refused where that overflows."""
+    stored = features.to(dtype)
+    if dtype != torch.float32 and not bool(torch.isfinite(stored).all()):
         raise ValueError(
             f"The target's features overflow {str(dtype)[6:]}: build the cache with dtype='float32' "
             "(or 'bfloat16')."
         )
+    return stored
 
 
 def build_target_cache(
@@ -118,6 +120,10 @@ def build_target_cache(
     device = next(target.parameters()).device
     hidden = target.config.get_text_config().hidden_size
     last_column = _last_layer_column(layers, hidden)
+    # one target pass gives the last hidden state too: appended to the layers when they lack it
+    passed_layers = layers if last_column is not None else layers + (-1,)
+    width = hidden * len(layers)
+    last_in_pass = _last_layer_column(passed_layers, hidden)
     sequences, seen = [], set()
     for example in examples:
         ids = torch.as_tensor(example["input_ids"], dtype=torch.long)[:max_length]
@@ -136,19 +142,18 @@ def build_target_cache(
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
         ids, mask = pad_right([s for _, s in chunk], device)  # (B, L)
-        with torch.no_grad():
-            out = target(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-        features = target_features(out.hidden_states, layers)  # (B, L, D)
-        gold = gold_probs(out.logits, ids)  # (B, L)
+        out = run_target(target, ids, mask, passed_layers)
+        last = out.features[..., last_in_pass]  # (B, L, H)
         if head_ok is None:
-            head_ok = head_reproduces_logits(target, out.hidden_states[-1], out.logits)
-        _check_storable(features, store)
+            head_ok = head_reproduces_logits(target, last, out.logits)
+        features = _storable(out.features[..., :width], store).cpu()  # (B, L, D)
+        last = _storable(last, store).cpu() if last_column is None and head_ok else None  # (B, L, H)
         for b, (key, sequence) in enumerate(chunk):
             n = sequence.numel()
-            shard[f"{key}.features"] = features[b, :n].to(device="cpu", dtype=store).clone()  # (L, D)
-            shard[f"{key}.gold"] = gold[b, :n].to(device="cpu", dtype=torch.float32).clone()  # (L,)
-            if last_column is None and head_ok:
-                shard[f"{key}.last"] = out.hidden_states[-1][b, :n].to(device="cpu", dtype=store).clone()  # (L, H)
+            shard[f"{key}.features"] = features[b, :n].clone()  # (L, D)
+            shard[f"{key}.gold"] = out.gold[b, :n].to(device="cpu", dtype=torch.float32).clone()  # (L,)
+            if last is not None:
+                shard[f"{key}.last"] = last[b, :n].clone()  # (L, H)
             entries[key] = {"shard": shard_index, "length": n}
             in_shard += 1
         if in_shard >= SHARD_EXAMPLES:
