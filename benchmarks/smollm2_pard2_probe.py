@@ -4,9 +4,10 @@
     python benchmarks/smollm2_pard2_probe.py --run-name sgd-ce --projection-only --steps 30 --lr 0.002 \\
         --optim sgd --optim-args momentum=0.9 --ce-alpha 1 --kd-alpha 0 --save-steps 10
 
-Each run starts from the shipped draft (a full copy, ``recipes.smollm2.full_draft_folder``), trains on
-whatever ``runs/smollm2/distill.jsonl`` holds (the recipe's data stage; standardized features of the
-target's layers -1 and -20, K = 8, COD 0.7 / 0.2, batch 4 x 2, constant learning rate after warm-up),
+Each run starts from the shipped draft (a full copy, ``apps.recipes.smollm2.full_draft_folder``), trains on
+whatever ``runs/smollm2/distill.jsonl`` holds: the recipe's train config (``apps.recipes.smollm2.train_config``:
+standardized features of the target's layers -1 and -20, K = 8, COD 0.7 / 0.2, batch 4 x 2) with a
+constant learning rate after warm-up and this script's loss mix and checkpoint cadence,
 and reports the teacher-forced tau (K = 8) on the target's greedy answers to the first ``--texts``
 held-out prompts, for every checkpoint and the final folder: target-dependent mode, and
 target-independent mode unless ``--projection-only`` (then it is the shipped draft, unchanged).
@@ -15,20 +16,21 @@ target-independent mode unless ``--projection-only`` (then it is the shipped dra
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import time
 
-from smollm2_tau import HELDOUT, greedy_answers
 from transformers import TrainerCallback
 
+from transformers_pard.apps.embedded import load_smollm2
+from transformers_pard.apps.recipes.smollm2 import DATA_FILE, HELDOUT_FILE, FreezeEmbeddingExceptMask, TrainSettings
+from transformers_pard.apps.recipes.smollm2 import full_draft_folder, train_config
 from transformers_pard.draft_io import load_draft
-from transformers_pard.embedded import load_smollm2
-from transformers_pard.recipes.smollm2 import DATA_FILE, MASK_TOKEN, FreezeEmbeddingExceptMask, full_draft_folder
-from transformers_pard.training import Pard2Options, PardTrainConfig, load_prompts, teacher_forced_tau, train_draft
-from transformers_pard.training.trainer import optimizer_args
+from transformers_pard.training import greedy_sequences, load_prompts, teacher_forced_tau, train_draft
 
 OUT_DIR = "runs/smollm2"
+HELDOUT = os.path.join(OUT_DIR, HELDOUT_FILE)
 SHIPPED = "transformers_pard/assets/smollm2-pard-k8"
 TEXTS_CACHE = os.path.join(OUT_DIR, "probe_texts.json")
 
@@ -39,7 +41,7 @@ def heldout_texts(target, tokenizer, n: int) -> list:
         texts = json.load(open(TEXTS_CACHE))
         if len(texts) == n:
             return texts
-    texts = greedy_answers(target, tokenizer, load_prompts(HELDOUT)[:n], max_new_tokens=128)
+    texts = greedy_sequences(target, tokenizer, load_prompts(HELDOUT)[:n], max_new_tokens=128)
     json.dump(texts, open(TEXTS_CACHE, "w"))
     return texts
 
@@ -55,16 +57,16 @@ def tau(target, folder: str, texts, modes) -> dict:
 
 def train(args, target) -> str:
     run_dir = os.path.join(OUT_DIR, f"probe-{args.run_name}")
-    options = Pard2Options(layers=(-1, -20), scale=args.pard2_scale, standardize=True, ce_alpha=args.ce_alpha,
-                           kd_alpha=args.kd_alpha, projection_only=args.projection_only, cache=args.pard2_cache)
-    config = PardTrainConfig(
-        draft=full_draft_folder(SHIPPED, OUT_DIR), data=(os.path.join(OUT_DIR, DATA_FILE),), output=run_dir, k=8,
-        cod_ratio=0.7, cod_min=0.2, max_steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
-        batch_size=4, grad_accum=2, max_length=320, resume="latest", save_steps=args.save_steps, logging_steps=5,
-        save_total_limit=None, mask_token=MASK_TOKEN,
-        extra_args={"lr_scheduler_type": "constant_with_warmup", "weight_decay": 0.0,
-                    **optimizer_args(args.optim, args.optim_args)},
-        pard2=options,
+    settings = TrainSettings(k=8, max_steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps, optim=args.optim,
+                             optim_args=args.optim_args, pard2=True, pard2_layers=(-1, -20), pard2_scale=args.pard2_scale,
+                             pard2_standardize=True, pard2_projection_only=args.projection_only,
+                             pard2_cache=args.pard2_cache)
+    config = train_config(settings, draft=full_draft_folder(SHIPPED, OUT_DIR), data=os.path.join(OUT_DIR, DATA_FILE),
+                          output=run_dir, bf16=False)
+    config = dataclasses.replace(
+        config, save_steps=args.save_steps, logging_steps=5, save_total_limit=None,
+        extra_args={"lr_scheduler_type": "constant_with_warmup", "weight_decay": 0.0},
+        pard2=dataclasses.replace(config.pard2, ce_alpha=args.ce_alpha, kd_alpha=args.kd_alpha),
     )
     start, timer = time.time(), StepTimer()
     train_draft(config, callbacks=[FreezeEmbeddingExceptMask(None), timer], target=target)

@@ -14,18 +14,17 @@ held-out prompts. Each ``--draft`` is NAME=FOLDER[:MODE].
 
 import argparse
 import json
+import os
 import time
 
-import torch
-
 from transformers_pard import enable_pard
+from transformers_pard.apps.embedded import load_smollm2
+from transformers_pard.apps.recipes.smollm2 import HELDOUT_FILE
 from transformers_pard.draft_io import load_draft
-from transformers_pard.embedded import load_smollm2
-from transformers_pard.training import load_prompts, measure_tau, teacher_forced_tau
-from transformers_pard.training.evaluate import prompt_ids
+from transformers_pard.training import greedy_sequences, load_prompts, measure_tau, teacher_forced_tau
 
 BENCH = ("../shared/bench/gsm8k.jsonl", "../shared/bench/humaneval.jsonl")
-HELDOUT = "runs/smollm2/heldout_prompts.jsonl"
+HELDOUT = os.path.join("runs/smollm2", HELDOUT_FILE)
 
 
 def parse_draft(spec: str) -> tuple[str, str, str | None]:
@@ -34,16 +33,6 @@ def parse_draft(spec: str) -> tuple[str, str, str | None]:
     if not name or not path:
         raise argparse.ArgumentTypeError(f"--draft wants NAME=FOLDER[:MODE], got {spec!r}")
     return name, path, mode or None
-
-
-def greedy_answers(target, tokenizer, prompts, max_new_tokens: int) -> list[tuple[list[int], int]]:
-    """(prompt + the target's greedy answer, answer start) for each prompt, one at a time."""
-    texts = []
-    for prompt in prompts:
-        ids = prompt_ids(tokenizer, prompt, chat_template=True)  # (1, P)
-        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-        texts.append((out[0].tolist(), ids.shape[1]))
-    return texts
 
 
 def main() -> None:
@@ -59,7 +48,8 @@ def main() -> None:
     target = enable_pard(target)
     prompt_sets = {"bench": [p for path in BENCH for p in load_prompts(path)[:args.limit]],
                    "heldout": load_prompts(HELDOUT)[:args.limit]}
-    texts = greedy_answers(target, tokenizer, load_prompts(HELDOUT)[:args.teacher_forced], args.max_new_tokens)
+    texts = greedy_sequences(target, tokenizer, load_prompts(HELDOUT)[:args.teacher_forced],
+                             max_new_tokens=args.max_new_tokens)
     results = {"k": args.k, "max_new_tokens": args.max_new_tokens}
     for name, path, mode in args.draft:
         draft = load_draft(path, target=target)

@@ -4,13 +4,17 @@
     python benchmarks/train_cod.py --length 1024 --k 16 --steps 2
 
 Each setting times full training steps of a randomly initialised Llama-style model (default: hidden
-256, 4 layers, 4 heads / 2 KV heads, vocab 8192, 6.6 M parameters, fp32, sdpa) on random tokens:
-collate (K copies + COD + boolean mask) -> forward -> ``pard_loss`` on the labelled rows -> backward
--> AdamW step, the same path as ``PardTrainer.compute_loss``. Reported: real tokens/s (sequence tokens
-consumed per second, the number that sets the cost of an epoch), layout rows per sample, the sample's
-boolean mask in bytes (and the dense float (K*L)^2 mask the upstream collator builds), and the COD
-speedup. Content does not change speed, so random tokens are fine. The two settings' steps are
-interleaved on the same batches, and medians are reported, so a busy machine slows both alike.
+256, 4 layers, 4 heads / 2 KV heads, vocab 8192, 6.6 M parameters, fp32, sdpa) on random tokens,
+through the trainer's own code: ``PardDataCollator`` (K copies + COD + boolean mask) ->
+``PardTrainer.compute_loss`` (forward on the labelled rows, ``pard_loss``) -> backward -> the
+trainer's AdamW (``create_optimizer``) step; what ``Trainer.training_step`` does, without the training
+loop's bookkeeping, so that the two settings' steps can be interleaved. ``--vocab-subset N`` trains a
+vocabulary-subset head over ids 0..N-1 (the tokens are then drawn from them, so every label is scored).
+Reported: real tokens/s (sequence tokens consumed per second, the number that sets the cost of an
+epoch), layout rows per sample, the sample's boolean mask in bytes (and the dense float (K*L)^2 mask
+the upstream collator builds), and the COD speedup. Content does not change speed, so random tokens
+are fine. The two settings' steps are interleaved on the same batches, and medians are reported, so a
+busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 import transformers
+from transformers import TrainingArguments
 
 from transformers_pard.testing import tiny_causal_lm
-from transformers_pard.training import PardDataCollator, pard_loss
-from transformers_pard.training.trainer import rows_with_loss
+from transformers_pard.training import PardDataCollator, PardTrainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--vocab-subset", type=int, default=None, metavar="N",
+                        help="train a vocabulary-subset head over ids 0..N-1 (tokens drawn from them)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -59,35 +66,39 @@ def build_model(args: argparse.Namespace):
     return model.train()
 
 
-def train_step(model, optimizer, collator, features, *, bf16: bool) -> dict:
-    batch = collator(features)
-    labels = batch.pop("labels")  # (B, N) aligned
-    batch.pop("copy_ids")
-    keep = rows_with_loss(labels)  # (n,)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(**batch, logits_to_keep=keep, use_cache=False).logits  # (B, n, V)
-        loss = pard_loss(logits, labels[:, keep])
+def make_trainer(args: argparse.Namespace, *, cod_ratio: float, cod_min: float, output_dir: str) -> PardTrainer:
+    """A ``PardTrainer`` on a fresh model, with its optimizer built (the Trainer's AdamW, lr 1e-4)."""
+    collator = PardDataCollator(mask_token_id=args.vocab - 1, k=args.k, cod_ratio=cod_ratio, cod_min=cod_min, seed=0)
+    training_args = TrainingArguments(output_dir=output_dir, learning_rate=1e-4, save_strategy="no", report_to="none",
+                                      remove_unused_columns=False, use_cpu=not torch.cuda.is_available())
+    vocab_ids = torch.arange(args.vocab_subset) if args.vocab_subset else None
+    trainer = PardTrainer(model=build_model(args), args=training_args, data_collator=collator, vocab_ids=vocab_ids)
+    trainer.create_optimizer()
+    return trainer
+
+
+def train_step(trainer: PardTrainer, features, *, bf16: bool) -> dict:
+    """Collate, ``compute_loss``, backward, optimizer step: one step of the trainer's own code."""
+    batch = {key: value.to(trainer.args.device) for key, value in trainer.data_collator(features).items()}
+    with torch.autocast(trainer.args.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
     return {"rows": batch["input_ids"].shape[1], "loss": loss.item()}
 
 
 class Setting:
-    """One model + optimizer + collator; its steps are interleaved with the other setting's."""
+    """One trainer (model + optimizer + collator); its steps are interleaved with the other setting's."""
 
-    def __init__(self, args: argparse.Namespace, *, cod_ratio: float, cod_min: float):
+    def __init__(self, args: argparse.Namespace, *, cod_ratio: float, cod_min: float, output_dir: str):
         self.args, self.cod_ratio, self.cod_min = args, cod_ratio, cod_min
-        self.model = build_model(args)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.collator = PardDataCollator(
-            mask_token_id=args.vocab - 1, k=args.k, cod_ratio=cod_ratio, cod_min=cod_min, seed=0
-        )
+        self.trainer = make_trainer(args, cod_ratio=cod_ratio, cod_min=cod_min, output_dir=output_dir)
         self.times, self.rows = [], []
 
     def step(self, features, *, timed: bool = True) -> None:
         start = time.perf_counter()
-        rows = train_step(self.model, self.optimizer, self.collator, features, bf16=self.args.bf16)["rows"]
+        rows = train_step(self.trainer, features, bf16=self.args.bf16)["rows"]
         if timed:
             self.times.append(time.perf_counter() - start)
             self.rows.append(rows)
@@ -107,13 +118,15 @@ class Setting:
 
 def run_settings(args: argparse.Namespace) -> tuple[dict, dict]:
     """Time no-COD and COD steps alternately (same random batches), so load changes hit both alike."""
-    settings = [
-        Setting(args, cod_ratio=1.0, cod_min=0.0),
-        Setting(args, cod_ratio=args.cod_ratio, cod_min=args.cod_min),
-    ]
+    with tempfile.TemporaryDirectory(prefix="train_cod-") as output_dir:  # the Trainer wants one; nothing is saved
+        settings = [
+            Setting(args, cod_ratio=1.0, cod_min=0.0, output_dir=output_dir),
+            Setting(args, cod_ratio=args.cod_ratio, cod_min=args.cod_min, output_dir=output_dir),
+        ]
     generator = torch.Generator().manual_seed(0)
+    high = args.vocab_subset or args.vocab - 1  # with a subset, every label inside it
     for step in range(args.steps + 1):  # step 0 warms up
-        tokens = torch.randint(3, args.vocab - 1, (args.batch_size, args.length), generator=generator)
+        tokens = torch.randint(3, high, (args.batch_size, args.length), generator=generator)
         features = [{"input_ids": row.tolist()} for row in tokens]
         for setting in settings:
             setting.step(features, timed=step > 0)
@@ -130,6 +143,7 @@ def environment(args: argparse.Namespace, model_params: int) -> dict:
         "threads": torch.get_num_threads(),
         "model": f"llama hidden={args.hidden} layers={args.layers} vocab={args.vocab} params={model_params / 1e6:.1f}M",
         "dtype": "bf16 autocast" if args.bf16 else "fp32",
+        "vocab_subset": args.vocab_subset,
         "length": args.length,
         "k": args.k,
         "batch_size": args.batch_size,

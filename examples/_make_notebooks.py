@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,11 +36,11 @@ from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny
 
 USE_SMOLLM2 = False
 if USE_SMOLLM2:
-    from transformers_pard.cli import DEFAULT_DRAFT
+    from transformers_pard.apps.embedded import load_smollm2
+    from transformers_pard.apps.models import DEFAULT_DRAFT  # transformers_pard/assets/smollm2-pard-k8
     from transformers_pard.draft_io import load_draft
-    from transformers_pard.embedded import load_smollm2
     target, tokenizer = load_smollm2()
-    draft = load_draft(DEFAULT_DRAFT, target=target)
+    draft = load_draft(DEFAULT_DRAFT, target=target)  # a compact draft: it borrows the target's embedding
 else:
     target, tokenizer = tiny_causal_lm("llama"), tiny_tokenizer()
     draft = perturbed_pard_draft(target)  # stands in for a trained draft
@@ -54,6 +55,18 @@ print(tokenizer.decode(out.sequences[0, ids.shape[1]:]))
 print("identical to plain generate:", torch.equal(plain, out.sequences))
 print(f"tau = {out.pard_stats.tau:.2f} tokens per target forward over {out.pard_stats.rounds} rounds")
 assert torch.equal(plain, out.sequences)
+"""),
+    ("markdown", """
+AR+ is the same engine without a draft (its static cache and, with `enable_pard(model, compile=True)`,
+its compiled forwards): the baseline PARD's speedup is measured against besides plain `generate`.
+`pard_timing=True` adds the seconds per phase to the stats:
+"""),
+    ("code", """
+ar_plus = target.generate(ids, ar_plus=True, max_new_tokens=32, do_sample=False)
+assert torch.equal(ar_plus, plain)
+timed = target.generate(ids, pard_draft=draft, max_new_tokens=32, do_sample=False, return_dict_in_generate=True,
+                        pard_timing=True)
+print({phase: f"{1e3 * seconds:.1f} ms" for phase, seconds in timed.pard_stats.phase_seconds.items()})
 """),
     ("markdown", "The same draft through the `assistant_model=` argument, with sampling (lossless in distribution):"),
     ("code", """
@@ -127,10 +140,35 @@ folder = train_draft(config)
 print(sorted(os.listdir(folder)))
 print(json.load(open(os.path.join(folder, "config.json")))["pard_token"])
 """),
+    ("markdown", """
+Every field of `PardTrainConfig` is also a flag of the `train` command (`transformers_pard/apps/train_cli.py`
+reads them with transformers' `HfArgumentParser`), so the run above is
+`python -m transformers_pard train --draft WORK/draft --data WORK/data.jsonl --output WORK/pard-draft --k 4
+--max-steps 3 --batch-size 4 --lr 1e-3 --save-steps 100 --logging-steps 1`.
+
+`vocab_subset=N` (`--vocab-subset N`) trains a vocabulary-subset head: the loss takes logits over the N
+most frequent answer tokens of the data only (EOS and the mask token always among them), never over
+the full vocabulary, and the folder records the subset (`pard_vocab.safetensors`, `pard_vocab_size`), so
+the engine drafts from it. Labels outside the subset are ignored; the share they hold is logged.
+"""),
+    ("code", """
+import dataclasses
+
+from transformers_pard.vocab import load_vocab_subset
+
+subset_config = dataclasses.replace(config, output=os.path.join(work, "pard-draft-subset"), vocab_subset=16)
+subset_folder = train_draft(subset_config)
+print(json.load(open(os.path.join(subset_folder, "config.json")))["pard_vocab_size"])
+print(load_vocab_subset(str(subset_folder)).tolist())
+"""),
 ]
 
+NOTEBOOKS = {"quickstart": QUICKSTART, "pipeline_streaming": PIPELINE, "train_draft": TRAINING}
+
 if __name__ == "__main__":
-    for name, cells in (("quickstart", QUICKSTART), ("pipeline_streaming", PIPELINE), ("train_draft", TRAINING)):
+    # python examples/_make_notebooks.py [NAME ...]: the named notebooks (default: all of them)
+    for name in sys.argv[1:] or NOTEBOOKS:
+        cells = NOTEBOOKS[name]
         with open(os.path.join(HERE, f"{name}.ipynb"), "w") as f:
             json.dump(notebook(cells), f, indent=1)
             f.write("\n")

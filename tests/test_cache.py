@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from transformers_pard.cache import PardCacheManager, PardStaticCache
-from transformers_pard.engine import RoundState, draft_layout
+from transformers_pard.drafting import draft_layout
 
 
 def make_cache(capacity=8, attn="sdpa"):
@@ -53,11 +53,9 @@ def test_draft_layout_is_right_aligned_with_filler_in_the_trash_slot():
     cache.begin(torch.tensor([0, 0]))
     cache.advance(torch.tensor([5, 9]))
     k = 3
-    state = RoundState(
-        tokens=None, prompt_len=0, num_generated=None, finished=None, last_token=None,
-        unseen=torch.tensor([[11, 12, 13, 0], [21, 0, 0, 0]]), num_unseen=torch.tensor([3, 1]),
-    )
-    ids, slots = draft_layout(state, cache, k, mask_token_id=99, width=5)
+    unseen, num_unseen = torch.tensor([[11, 12, 13, 0], [21, 0, 0, 0]]), torch.tensor([3, 1])
+    layout = draft_layout(unseen, num_unseen, cache, k, mask_token_id=99, width=5)
+    ids, slots = layout.input_ids, layout.slots
     assert ids.tolist() == [[11, 12, 13, 99, 99], [99, 99, 21, 99, 99]]
     assert slots.tolist() == [[5, 6, 7, 8, 9], [31, 31, 9, 10, 11]]
 

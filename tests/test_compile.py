@@ -31,6 +31,48 @@ def test_no_recompiles_after_warm_up():
         assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
 
 
+def test_growing_requests_keep_their_graphs_without_max_cache_len():
+    """Without a fixed max_cache_len the compiled cache starts at 512 slots: longer prompts reuse the graphs."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter)
+    draft = perturbed_pard_draft(target)
+    run_calls(target, draft, [(0, 5, 1, 10)])
+    outputs = run_calls(target, draft, [(1, 60, 1, 40), (2, 120, 1, 70), (3, 9, 1, 5)])
+    assert counter.frame_count == 2
+    reference = tiny_causal_lm("llama", seed=0)
+    for ids, max_new, out in outputs:
+        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+
+
+def test_a_forward_hook_runs_that_model_eagerly_instead_of_recompiling():
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter)
+    calls = []
+    target.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    draft = perturbed_pard_draft(target)
+    with pytest.warns(UserWarning, match="forward hooks.*run eagerly"):
+        outputs = run_calls(target, draft, [(0, 7, 1, 12), (1, 9, 1, 16)])
+    assert counter.frame_count == 1  # the draft's graph only; the hooked target ran eagerly
+    assert len(calls) >= 2 * 2  # the hook saw every target forward (prefill + rounds)
+    reference = tiny_causal_lm("llama", seed=0)
+    for ids, max_new, out in outputs:
+        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+
+
+def test_compiled_ar_plus_has_one_graph():
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter)
+    reference = tiny_causal_lm("llama", seed=0)
+    for seed, length in ((0, 5), (1, 30)):
+        ids = torch.randint(3, 90, (1, length), generator=torch.Generator().manual_seed(seed))
+        out = target.generate(ids, ar_plus=True, max_new_tokens=9)
+        assert torch.equal(out, reference.generate(ids, max_new_tokens=9, do_sample=False))
+    assert counter.frame_count == 1
+
+
 @pytest.mark.slow
 def test_inductor_compiled_engine_is_lossless():
     """Real inductor compile on one tiny fixed-shape case (about a minute on 2 CPU cores)."""
@@ -52,3 +94,14 @@ def test_cuda_graphs_bf16_compiled_engine():
     plain = target.generate(ids, max_new_tokens=32)
     agreement = (out.sequences == plain).float().mean().item()
     assert out.sequences.shape == plain.shape and agreement > 0.9  # bf16: not bit-exact, report agreement
+
+
+def test_transformers_own_capturing_hooks_do_not_stop_compilation():
+    """output_hidden_states=True leaves transformers' (compile-aware) capturing hooks on the layers."""
+    from transformers_pard.runtime import has_user_hooks
+
+    model = tiny_causal_lm("llama", seed=0)
+    model(torch.randint(3, 90, (1, 4)), output_hidden_states=True)
+    assert not has_user_hooks(model)
+    model.model.layers[0].register_forward_hook(lambda module, args, output: None)
+    assert has_user_hooks(model)

@@ -150,7 +150,7 @@ def test_cache_is_reused_across_calls(targets):
     ids, mask = left_padded_batch([4], seed=1)
     draft = tiny_pard_draft(target)
     stock_greedy(target, ids, mask, 10, pard_draft=draft)
-    manager, _ = target._pard_runtime
+    manager = target.pard_runtime.caches
     first = manager._caches["target"]
     keys = first.layers[0].keys
     stock_greedy(target, ids, mask, 12, pard_draft=draft)

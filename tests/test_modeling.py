@@ -45,10 +45,11 @@ def test_assistant_model_with_a_pard_draft_uses_the_engine():
     ids = torch.randint(3, 90, (1, 6))
     expected = target.generate(ids, max_new_tokens=18)
     draft = OracleDraft(target.config, reference_by_position(expected, torch.ones_like(ids), 0))
-    out = target.generate(ids, assistant_model=draft, max_new_tokens=18, num_assistant_tokens=5)
-    assert torch.equal(out, expected)
+    out = target.generate(ids, assistant_model=draft, max_new_tokens=18, num_assistant_tokens=5,
+                          return_dict_in_generate=True)
+    assert torch.equal(out.sequences, expected)
     assert draft.forward_calls == 1 + 3  # prefill + ceil(18 / 6) parallel draft forwards
-    assert target._last_pard_stats.rounds == 3
+    assert out.pard_stats.rounds == 3
 
 
 def test_k_from_generation_config():
@@ -57,8 +58,8 @@ def test_k_from_generation_config():
     expected = target.generate(ids, max_new_tokens=12)
     target.generation_config.num_assistant_tokens = 2
     draft = OracleDraft(target.config, reference_by_position(expected, torch.ones_like(ids), 0))
-    target.generate(ids, pard_draft=draft, max_new_tokens=12, return_dict_in_generate=True)
-    assert target._last_pard_stats.k == 2 and target._last_pard_stats.rounds == 4
+    out = target.generate(ids, pard_draft=draft, max_new_tokens=12, return_dict_in_generate=True)
+    assert out.pard_stats.k == 2 and out.pard_stats.rounds == 4
 
 
 def test_default_k_is_eight():
@@ -72,9 +73,10 @@ def test_non_pard_assistant_goes_to_stock_assisted_generation():
     target = enable_pard(tiny_causal_lm("llama", seed=0))
     assistant = tiny_causal_lm("llama", seed=9, num_layers=1)
     ids = torch.randint(3, 90, (1, 6))
-    out = target.generate(ids, assistant_model=assistant, max_new_tokens=10)
-    assert torch.equal(out, target.generate(ids, max_new_tokens=10))
-    assert getattr(target, "_last_pard_stats", None) is None
+    out = target.generate(ids, assistant_model=assistant, max_new_tokens=10, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, target.generate(ids, max_new_tokens=10))
+    assert not hasattr(out, "pard_stats")  # transformers' own assisted generation ran
+    assert target.pard_runtime.caches._caches == {}  # the PARD engine never ran
 
 
 def test_eager_attention_is_lossless_too():

@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from transformers_pard import enable_pard
 from transformers_pard.testing import tiny_causal_lm, tiny_pard_draft
 from transformers_pard.verification import SamplingVerifier
+from transformers_pard.vocab import attach_vocab_subset
 
 VOCAB, EOS, PAD, NEW = 8, 2, 0, 3
 PROMPT = torch.tensor([[1, 5, 3]])
@@ -55,14 +56,18 @@ def exact_distribution(target, settings):
     return probs
 
 
-def pard_draws(target, draft, settings, seed=0):
+def pard_draws(target, draft, settings, seed=0, stats=None, **extra):
+    """Counts of every drawn continuation; ``stats`` (a list) collects each call's ``pard_stats``."""
     torch.manual_seed(seed)
     counts = {}
     for _ in range(CALLS):
-        out = target.generate(
+        result = target.generate(
             PROMPT.repeat(ROWS, 1), pard_draft=draft, max_new_tokens=NEW, num_assistant_tokens=2,
-            pad_token_id=PAD, eos_token_id=EOS, pard_min_tau=None, **settings,
+            pad_token_id=PAD, eos_token_id=EOS, pard_min_tau=None, return_dict_in_generate=True, **settings, **extra,
         )
+        out = result.sequences
+        if stats is not None:
+            stats.append(result.pard_stats)
         new = torch.nn.functional.pad(out[:, PROMPT.shape[1]:], (0, NEW - (out.shape[1] - PROMPT.shape[1])), value=PAD)
         for row in map(tuple, new.tolist()):
             counts[row] = counts.get(row, 0) + 1
@@ -92,11 +97,35 @@ def chi_square_p(counts, probs):
 def test_pard_sampling_matches_the_target_distribution(models, name):
     target, draft = models
     probs = exact_distribution(target, SETTINGS[name])
-    counts = pard_draws(target, draft, SETTINGS[name])
+    calls = []
+    counts = pard_draws(target, draft, SETTINGS[name], stats=calls)
     assert sum(counts.values()) >= 20_000
     assert chi_square_p(counts, probs) > 1e-3
-    stats = target._last_pard_stats
+    stats = calls[-1]
     assert 1.0 < stats.tau < NEW  # drafts were really accepted and rejected
+
+
+def test_sampling_with_a_vocabulary_subset_matches_the_target_distribution(models):
+    """A subset head gives q = 0 outside the subset: tokens it cannot propose still come from p."""
+    target, draft = models
+    subset = tiny_pard_draft(target, seed=5)
+    attach_vocab_subset(subset, torch.tensor([3, 5, 2, 6]))  # EOS kept; 0, 1, 4 and 7 never drafted
+    settings = SETTINGS["temperature"]
+    calls = []
+    counts = pard_draws(target, subset, settings, stats=calls)
+    assert chi_square_p(counts, exact_distribution(target, settings)) > 1e-3
+    assert any(row[0] in (1, 4, 7) for row in counts)  # tokens outside the subset do occur (from p)
+    assert 1.0 < calls[-1].tau < NEW
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_token_tree_sampling_matches_the_target_distribution(models, name):
+    """pard_tree=N: i.i.d. sibling candidates and the multi-candidate rule, end to end through generate."""
+    target, draft = models
+    calls = []
+    counts = pard_draws(target, draft, SETTINGS[name], stats=calls, pard_tree=6)
+    assert chi_square_p(counts, exact_distribution(target, SETTINGS[name])) > 1e-3
+    assert calls[-1].tree_nodes == 6 and 1.0 < calls[-1].tau < NEW
 
 
 def test_a_wrong_q_is_caught(models, monkeypatch):

@@ -2,7 +2,8 @@
 
 transformers' ``AssistedCandidateGenerator`` asks the assistant for up to n candidates by calling
 ``assistant.generate(input_ids, generation_config=<copy with is_assistant=True>, logits_processor=...,
-past_key_values=<DynamicCache>, ...)`` and reads ``sequences``, ``scores`` and ``past_key_values``.
+cache=<DynamicCache>, ...)`` and reads ``sequences``, ``scores`` and ``cache`` (``past_key_values``
+before transformers 5.24: ``GENERATE_CACHE_FIELD``).
 A PARD-enabled draft answers that call with ONE forward over ``[uncached tokens] + [mask] * (n-1)``
 instead of n autoregressive forwards, then drops the mask slots from its cache. The target's loop
 verifies the candidates as usual, so the result stays the target's own (greedy: same tokens;
@@ -17,6 +18,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .cache import GENERATE_CACHE_FIELD, cache_keyword
 from .draft_config import mask_token_id
 from .scoring import Scorer
 
@@ -40,15 +42,15 @@ def parallel_draft_candidates(draft, input_ids, generation_config, *, logits_pro
         raise ValueError("transformers' assisted generation runs one sequence at a time; got a batch.")
     config, _ = draft._prepare_generation_config(generation_config)
     n = max(int(kwargs.get("max_new_tokens") or config.max_new_tokens or 1), 1)
-    cache = kwargs.get("past_key_values") or DynamicCache(config=draft.config)
+    cache = kwargs.get(GENERATE_CACHE_FIELD) or DynamicCache(config=draft.config)
     cached = cache.get_seq_length()
     new_tokens = input_ids[:, cached:]  # (1, U) tokens the draft has not seen
     masks = input_ids.new_full((1, n - 1), mask_token_id(draft.config))
     step_ids = torch.cat([new_tokens, masks], dim=1)  # (1, U + n - 1)
     positions = torch.arange(cached, cached + step_ids.shape[1], device=input_ids.device)[None]
     with torch.no_grad():
-        logits = draft(input_ids=step_ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                       logits_to_keep=n).logits[:, -n:]  # (1, n, V)
+        logits = draft(input_ids=step_ids, position_ids=positions, use_cache=True, logits_to_keep=n,
+                       **{cache_keyword(draft): cache}).logits[:, -n:]  # (1, n, V)
     surplus = cache.get_seq_length() - input_ids.shape[1]
     if surplus > 0:
         cache.crop(-surplus)  # the mask slots' keys are discarded
@@ -58,7 +60,7 @@ def parallel_draft_candidates(draft, input_ids, generation_config, *, logits_pro
     )
     tokens, scores = _draw(Scorer(processors), input_ids, logits, sample=bool(config.do_sample))
     return GenerateDecoderOnlyOutput(
-        sequences=torch.cat([input_ids, tokens], dim=1), scores=tuple(scores.unbind(1)), past_key_values=cache
+        sequences=torch.cat([input_ids, tokens], dim=1), scores=tuple(scores.unbind(1)), **{GENERATE_CACHE_FIELD: cache}
     )
 
 

@@ -19,8 +19,12 @@ called as ``update(key_states, value_states)`` with no cache position).
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import fields
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 #: Attention implementations that accept our 4D per-row mask.
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -102,30 +106,79 @@ class PardStaticCache(Cache):
         """Slots ``length_b + [0, width)`` for every row: (B, width)."""
         return self.length[:, None] + torch.arange(width, device=self.length.device)  # (B, W)
 
-    def plan(self, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan(self, slots: torch.Tensor, dtype: torch.dtype, *, offsets: torch.Tensor | None = None,
+             attention: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the write slots of the next forward; return its ``position_ids`` (B, T) and 4D mask.
 
         The mask is (B, 1, T, capacity): query at slot s of row b sees key k iff ``pad_b <= k <= s``,
         and always itself (so a padding query has one key and no NaN).
+
+        A token-tree block (``offsets`` (B, T) position offsets from the block's first slot, ``attention``
+        (B, T, T) who sees whom inside the block; ``slots`` then must be ``contiguous_slots(T)``): query
+        j sees the live keys ``pad_b <= k < length_b`` and the block slots ``length_b + j'`` with
+        ``attention[b, j, j']``.
         """
         self.write_slots = slots
-        positions = slots - self.pad[:, None]  # (B, T)
-        positions = positions.clamp(min=0)
+        positions = slots - self.pad[:, None] if offsets is None else (self.length - self.pad)[:, None] + offsets
+        positions = positions.clamp(min=0)  # (B, T)
         if self.max_positions is not None:
             # Only speculative slots past the requested length can exceed it; they are never committed.
             positions = positions.clamp(max=self.max_positions - 1)
         keys = torch.arange(self.capacity, device=slots.device)  # (C,)
-        query = slots[:, :, None]  # (B, T, 1)
-        visible = (keys >= self.pad[:, None, None]) & (keys <= query)  # (B, T, C)
-        visible = (visible | (keys == query))[:, None]  # (B, 1, T, C)
+        if attention is None:
+            query = slots[:, :, None]  # (B, T, 1)
+            visible = (keys >= self.pad[:, None, None]) & (keys <= query)  # (B, T, C)
+            visible = (visible | (keys == query))[:, None]  # (B, 1, T, C)
+        else:
+            visible = self._tree_visibility(keys, attention)[:, None]  # (B, 1, T, C)
         if self.attn_implementation == "eager":
             additive = torch.zeros(visible.shape, dtype=dtype, device=slots.device)
             return positions, additive.masked_fill_(~visible, torch.finfo(dtype).min)
         return positions, visible
 
+    def _tree_visibility(self, keys: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """(B, T, C): live keys for every query, plus the block slots its tree attention allows."""
+        width = attention.shape[-1]
+        live = (keys >= self.pad[:, None]) & (keys < self.length[:, None])  # (B, C)
+        rel = keys - self.length[:, None]  # (B, C) index into the block
+        in_block = (rel >= 0) & (rel < width)
+        block = attention.gather(2, rel.clamp(0, width - 1)[:, None, :].expand(-1, attention.shape[1], -1))  # (B, T, C)
+        return live[:, None, :] | (block & in_block[:, None, :])
+
+    def gather_path(self, path_slots: torch.Tensor) -> None:
+        """Move the KV of block slot ``length + path_slots[b, j]`` to ``length + j`` (B, J) in every layer:
+        a token tree's accepted path becomes contiguous before ``advance`` commits it."""
+        source = self.length[:, None] + path_slots  # (B, J)
+        target = self.length[:, None] + torch.arange(path_slots.shape[1], device=path_slots.device)  # (B, J)
+        for layer in self.layers:
+            for tensor in (layer.keys, layer.values):  # (B, H, C, D)
+                heads, dim = tensor.shape[1], tensor.shape[-1]
+                index = source[:, None, :, None].expand(-1, heads, -1, dim)  # (B, H, J, D)
+                moved = tensor.gather(2, index)
+                tensor.scatter_(2, target[:, None, :, None].expand(-1, heads, -1, dim), moved)
+
     def advance(self, n: torch.Tensor) -> None:
         """Commit ``n`` (B,) more slots per row; everything past the new length is stale."""
         self.length += n
+
+
+def _generate_cache_field() -> str:
+    names = {f.name for f in fields(GenerateDecoderOnlyOutput)}
+    return "cache" if "cache" in names else "past_key_values"
+
+
+#: Name of the cache in ``generate``'s outputs and kwargs: ``cache`` from transformers 5.24 on.
+GENERATE_CACHE_FIELD = _generate_cache_field()
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's forward takes its cache by: ``cache`` (transformers >= 5.24, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (older)."""
+    explicit = getattr(model, "pard_cache_keyword", None)
+    if explicit is not None:
+        return explicit
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _num_attention_layers(config) -> int:
@@ -146,12 +199,17 @@ class PardCacheManager:
     ``granularity`` slots as needed.
     """
 
-    def __init__(self, *, max_cache_len: int | None = None, granularity: int = 64):
+    def __init__(self, *, max_cache_len: int | None = None, granularity: int = 64, static: bool = False):
         self.max_cache_len = max_cache_len
         self.granularity = granularity
+        #: Compiled forwards: grow by doubling from ``STATIC_START`` and never shrink, so a graph is
+        #: built once per capacity (a few in a process's life), never for every new request length.
+        self.static = static
         self._caches: dict[str, PardStaticCache] = {}
 
-    def capacity_for(self, needed: int) -> int:
+    STATIC_START = 512
+
+    def capacity_for(self, needed: int, current: int | None = None) -> int:
         if self.max_cache_len is not None:
             if needed > self.max_cache_len:
                 raise ValueError(
@@ -160,15 +218,20 @@ class PardCacheManager:
                     "max_cache_len to enable_pard(), or lower max_new_tokens / num_assistant_tokens."
                 )
             return self.max_cache_len + 1
+        if self.static:
+            capacity = max(self.STATIC_START, (current or 0) - 1)
+            while capacity < needed:
+                capacity *= 2
+            return capacity + 1
         steps = -(-needed // self.granularity)
         return steps * self.granularity + 1
 
     def cache(self, role: str, model, *, batch_size: int, needed: int) -> PardStaticCache:
         """The cache for ``role`` ("target" or "draft") able to hold ``needed`` slots for ``batch_size`` rows."""
-        capacity = self.capacity_for(needed)
+        cache = self._caches.get(role)
+        capacity = self.capacity_for(needed, cache.capacity if cache is not None else None)
         config = model.config
         attn = getattr(config, "_attn_implementation", None) or "eager"
-        cache = self._caches.get(role)
         reusable = (
             cache is not None
             and cache.capacity == capacity

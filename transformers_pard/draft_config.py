@@ -64,6 +64,20 @@ def _special_ids(config, generation_config) -> dict[str, object]:
     return ids
 
 
+def _check_mask_is_unused(mask_id: int, *special: dict[str, tuple]) -> None:
+    """The mask token must be an id the text never uses: never EOS / BOS / pad (the engine would stop at,
+    or pad with, a mask slot's id, and the draft could not tell a real EOS from a mask)."""
+    for ids in special:
+        for name, values in ids.items():
+            if mask_id in values:
+                raise ValueError(
+                    f"The draft's mask token id {mask_id} (pard_token) is also its {name.removesuffix('_id')} id: "
+                    "a PARD mask must be a reserved token the text never contains. Set `pard_token` in the draft's "
+                    "config.json to the id it was trained with, or retrain it with an unused token "
+                    "(transformers_pard.training.prepare_draft picks one)."
+                )
+
+
 def validate_draft(target, draft) -> DraftSpec:
     """Check that ``draft`` can serve ``target``; raise ``ValueError`` naming the problem and the fix."""
     if getattr(target.config, "is_encoder_decoder", False):
@@ -91,6 +105,7 @@ def validate_draft(target, draft) -> DraftSpec:
         )
     draft_ids = _special_ids(draft.config, getattr(draft, "generation_config", None))
     target_ids = _special_ids(target.config, getattr(target, "generation_config", None))
+    _check_mask_is_unused(mask_id, draft_ids, target_ids)
     for name in ("bos_token_id", "eos_token_id"):
         if name in draft_ids and name in target_ids and not set(draft_ids[name]) & set(target_ids[name]):
             raise ValueError(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .pard2 import PROJ_PREFIX, load_projection, save_projection
+from .vocab import VOCAB_SIZE_KEY, attach_vocab_subset, load_vocab_subset, save_vocab_subset, vocab_subset
 
 COMPACT_KEY = "pard_embedding_from_target"
 MASK_ROW_KEY = "pard.mask_embedding"
@@ -51,8 +52,23 @@ def save_compact_draft(draft, path: str, *, dtype: torch.dtype = torch.bfloat16,
     type(draft.config).from_dict(config).save_pretrained(path)
     if getattr(draft, "target_proj", None) is not None:  # PARD-2
         save_projection(draft, path)
+    if vocab_subset(draft) is not None:
+        save_vocab_subset(path, vocab_subset(draft))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def load_draft_extras(draft, path: str):
+    """Attach what a draft folder stores beside its weights: the PARD-2 projection, the vocabulary subset."""
+    dtype, device = draft.get_input_embeddings().weight.dtype, draft.get_input_embeddings().weight.device
+    if load_projection(draft, path) is not None:
+        draft.target_proj.to(device=device, dtype=dtype)
+    ids = load_vocab_subset(path)
+    if ids is None and getattr(draft.config, VOCAB_SIZE_KEY, None):
+        raise ValueError(f"{path}'s config.json sets {VOCAB_SIZE_KEY} but the folder has no vocabulary-subset "
+                         "file: copy pard_vocab.safetensors with the draft, or delete the key to use the full vocabulary.")
+    attach_vocab_subset(draft, ids)
+    return draft
 
 
 def load_compact_draft(path: str, *, target, dtype: torch.dtype | None = None):
@@ -81,15 +97,15 @@ def load_compact_draft(path: str, *, target, dtype: torch.dtype | None = None):
         embedding.copy_(target_embedding.to(dtype))
         embedding[int(config.pard_token)] = mask_row.to(dtype)
     draft.tie_weights()
-    if load_projection(draft, path) is not None:
-        draft.target_proj.to(dtype)
-    return draft.to(target_embedding.device).eval()
+    return load_draft_extras(draft.to(target_embedding.device), path).eval()
 
 
 def export_full_draft(draft, path: str, *, tokenizer=None) -> None:
-    """A plain HF model folder (embedding included) that any PARD reader loads unchanged."""
+    """A plain HF model folder (embedding included, full vocabulary: no subset file) that any PARD
+    reader (vLLM, TensorRT-LLM) loads unchanged."""
     config = draft.config
     compact = config.__dict__.pop(COMPACT_KEY, None)  # the folder holds the embedding; the draft keeps its flag
+    subset_size = config.__dict__.pop(VOCAB_SIZE_KEY, None)
     state_dict = None
     if getattr(draft, "target_proj", None) is not None:  # PARD-2: the projection goes in its own files
         state_dict = {k: v for k, v in draft.state_dict().items() if not k.startswith(PROJ_PREFIX)}
@@ -98,6 +114,8 @@ def export_full_draft(draft, path: str, *, tokenizer=None) -> None:
     finally:
         if compact is not None:
             setattr(config, COMPACT_KEY, compact)
+        if subset_size is not None:
+            setattr(config, VOCAB_SIZE_KEY, subset_size)
     if state_dict is not None:
         save_projection(draft, path)
     if tokenizer is not None:
@@ -110,6 +128,4 @@ def load_draft(path: str, *, target, dtype: torch.dtype | None = None):
         return load_compact_draft(path, target=target, dtype=dtype)
     dtype = dtype or next(target.parameters()).dtype
     draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    if load_projection(draft, path) is not None:
-        draft.target_proj.to(dtype)
-    return draft.to(next(target.parameters()).device).eval()
+    return load_draft_extras(draft.to(next(target.parameters()).device), path).eval()

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cache import PardCacheManager, PardStaticCache
-from .draft_config import DraftSpec
-from .pard2 import Pard2Config, draft_inputs_embeds, draft_round_features, shift_right, target_features
+from .cache import PardStaticCache, cache_keyword
+from .drafting import Drafter, draft_layout
+from .pard2 import target_features
 from .schedule import DraftSchedule
+from .timing import PhaseTimer
 
 
 @dataclass
@@ -49,6 +50,10 @@ class PardStats:
     drafting_committed: int = 0
     drafting_row_rounds: int = 0
     wall_time_s: float = 0.0
+    #: Token trees: candidate nodes verified per drafting round (N), else None (a chain of K).
+    tree_nodes: int | None = None
+    #: Seconds per phase ("prefill", "draft", "verify", "other") when asked (``pard_timing=True``), else None.
+    phase_seconds: dict[str, float] | None = None
 
     def __post_init__(self):
         if not self.accepted_histogram:
@@ -75,12 +80,13 @@ class LoopInputs:
     max_new_tokens: int
     eos_token_ids: torch.Tensor | None  # (E,)
     pad_token_id: int
-    spec: DraftSpec
+    drafter: Drafter | None  # None: AR+ (no draft, one target token per round)
     stopping_criteria: list = field(default_factory=list)  # user criteria checked token by token
     streamer: object | None = None
     keep_scores: bool = False
     keep_logits: bool = False
-    pard2: Pard2Config | None = None  # set: PARD-2 target-dependent mode
+    vocab_size: int = 0  # the target's vocabulary (scores / logits buffers)
+    verify_width: int = 0  # widest verify block (K+1, or 1+N for a token tree of N nodes)
 
 
 @dataclass
@@ -96,42 +102,43 @@ class RoundState:
     num_unseen: torch.Tensor  # (B,)
     scores: torch.Tensor | None = None  # (B, max_new + K + 1, V) processed scores of committed tokens
     logits: torch.Tensor | None = None  # (B, max_new + K + 1, V) raw logits of committed tokens
-    unseen_features: torch.Tensor | None = None  # (B, <=K+1, D) PARD-2: feature of each unseen token's predecessor
 
 
 class ForwardFn:
-    """Calls a causal LM on explicit per-row slots; optionally through ``torch.compile``."""
+    """Calls a causal LM on explicit per-row slots; optionally through ``torch.compile``.
 
-    def __init__(self, model, *, compile_mode: str | None = None, compile_backend="inductor"):
+    ``compile_mode`` None = eager. A compiled forward is built once (by the runtime) and keeps its
+    graphs for as long as the shapes (batch, width, cache capacity) stay the same.
+    """
+
+    def __init__(self, model, *, compile_mode: str | None = None, compile_backend="inductor", compile_options=None):
         self.model = model
+        self.cache_keyword = cache_keyword(model)
         self.compiled = None
         if compile_mode is not None:
             mode = None if compile_backend != "inductor" else compile_mode
-            self.compiled = torch.compile(model, backend=compile_backend, mode=mode, fullgraph=True, dynamic=False)
+            options = compile_options if compile_backend == "inductor" else None
+            if mode is not None and options:  # torch.compile takes either a mode or options
+                options = {**torch._inductor.list_mode_options(mode), **options}
+                mode = None
+            self.compiled = torch.compile(model, backend=compile_backend, mode=mode, options=options or None,
+                                          fullgraph=True, dynamic=False)
 
-    def __call__(
-        self,
-        cache: PardStaticCache,
-        input_ids,
-        slots,
-        *,
-        logits_to_keep: int = 0,
-        compiled=True,
-        inputs_embeds=None,
-        feature_layers: tuple[int, ...] | None = None,
-    ):
-        """Logits (B, T', V), and the concatenated hidden states of ``feature_layers`` (B, T, D) or None."""
-        position_ids, mask = cache.plan(slots, self.model.dtype)
+    def __call__(self, cache: PardStaticCache, input_ids, slots, *, logits_to_keep: int = 0, compiled=True,
+                 inputs_embeds=None, feature_layers: tuple[int, ...] | None = None, offsets=None, attention=None):
+        """Logits (B, T', V), and the concatenated hidden states of ``feature_layers`` (B, T, D) or None.
+        ``offsets`` / ``attention``: a token-tree block (``PardStaticCache.plan``)."""
+        position_ids, mask = cache.plan(slots, self.model.dtype, offsets=offsets, attention=attention)
         forward = self.compiled if compiled and self.compiled is not None else self.model
         out = forward(
             input_ids=None if inputs_embeds is not None else input_ids,
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             attention_mask=mask,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
             output_hidden_states=feature_layers is not None,
+            **{self.cache_keyword: cache},
         )
         features = None if feature_layers is None else target_features(out.hidden_states, feature_layers)
         return out.logits, features
@@ -139,12 +146,12 @@ class ForwardFn:
 
 @dataclass
 class PardModels:
-    """The two models, their forward functions and caches for one call."""
+    """The forward functions and caches of one call (``draft``/``draft_cache`` are None for AR+)."""
 
     target: ForwardFn
-    draft: ForwardFn
+    draft: ForwardFn | None
     target_cache: PardStaticCache
-    draft_cache: PardStaticCache
+    draft_cache: PardStaticCache | None
     static_draft_width: bool  # compiled: the draft input always has width 2K
 
 
@@ -153,34 +160,39 @@ class PardModels:
 # ----------------------------------------------------------------------------------------------
 
 
-def prefill(models: PardModels, inputs: LoopInputs, vocab_size: int) -> RoundState:
+def prefill(models: PardModels, inputs: LoopInputs) -> RoundState:
     """Feed ``prompt[:-1]`` to both models; the last prompt token opens the first round.
 
-    PARD-2: the target's prefill also yields the prompt's features; the draft's prefill adds them
-    shifted right by one, and the last one is kept for the last prompt token (no second target run).
+    The target's prefill also yields the features the draft's input strategy asks for (PARD-2), so
+    the draft's prefill needs no second target run.
     """
-    input_ids, attention_mask, pard2 = inputs.input_ids, inputs.attention_mask, inputs.pard2
+    input_ids, attention_mask, drafter = inputs.input_ids, inputs.attention_mask, inputs.drafter
     batch, prompt_len = input_ids.shape
     pad = (attention_mask == 0).sum(1)  # (B,)
-    layers = pard2.target_layers if pard2 is not None else None
-    for cache in (models.target_cache, models.draft_cache):
+    caches = [c for c in (models.target_cache, models.draft_cache) if c is not None]
+    for cache in caches:
         cache.begin(pad)
     features = None
+    body = input_ids[:, :-1]  # (B, P-1)
     if prompt_len > 1:
-        body, slots = input_ids[:, :-1], models.target_cache.contiguous_slots(prompt_len - 1)
+        slots = models.target_cache.contiguous_slots(prompt_len - 1)  # (B, P-1)
+        layers = drafter.feature_layers if drafter is not None else None
         _, features = models.target(models.target_cache, body, slots, logits_to_keep=1, compiled=False,
                                     feature_layers=layers)  # (B, P-1, D) | None
-        embeds = None
-        if pard2 is not None:
-            shifted = shift_right(features, attention_mask[:, :-1])  # (B, P-1, D)
-            embeds = draft_inputs_embeds(models.draft.model, body, shifted, pard2.scale)
-        models.draft(models.draft_cache, body, slots, logits_to_keep=1, compiled=False, inputs_embeds=embeds)
-        for cache in (models.target_cache, models.draft_cache):
-            cache.advance(torch.full_like(pad, prompt_len - 1))
-    k = inputs.k
+    if drafter is not None:
+        embeds = drafter.inputs.prefill_embeds(drafter.model, body, features, attention_mask)
+        if prompt_len > 1:
+            models.draft(models.draft_cache, body, slots, logits_to_keep=1, compiled=False, inputs_embeds=embeds)
+    for cache in caches:
+        cache.advance(torch.full_like(pad, prompt_len - 1))
+    return _initial_state(inputs, prompt_len, pad)
+
+
+def _initial_state(inputs: LoopInputs, prompt_len: int, pad: torch.Tensor) -> RoundState:
+    input_ids, batch, k = inputs.input_ids, inputs.input_ids.shape[0], inputs.k
     tokens = input_ids.new_full((batch, prompt_len + inputs.max_new_tokens + k + 1), inputs.pad_token_id)
     tokens[:, :prompt_len] = input_ids
-    kept = (batch, inputs.max_new_tokens + k + 1, vocab_size)
+    kept = (batch, inputs.max_new_tokens + k + 1, inputs.vocab_size)
     return RoundState(
         tokens=tokens,
         prompt_len=prompt_len,
@@ -191,16 +203,7 @@ def prefill(models: PardModels, inputs: LoopInputs, vocab_size: int) -> RoundSta
         num_unseen=torch.ones_like(pad),
         scores=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_scores else None,
         logits=input_ids.new_zeros(kept, dtype=torch.float32) if inputs.keep_logits else None,
-        unseen_features=None if pard2 is None else _last_prompt_feature(features, attention_mask, pard2, models),
     )
-
-
-def _last_prompt_feature(features, attention_mask, pard2: Pard2Config, models: PardModels) -> torch.Tensor:
-    """Feature of the last prompt token's predecessor (zeros for a one-token prompt): (B, 1, D)."""
-    if features is None:
-        embedding = models.draft.model.get_input_embeddings().weight
-        return embedding.new_zeros(attention_mask.shape[0], 1, pard2.target_dim)
-    return features[:, -1:] * attention_mask[:, -2, None, None].to(features.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,44 +211,17 @@ def _last_prompt_feature(features, attention_mask, pard2: Pard2Config, models: P
 # ----------------------------------------------------------------------------------------------
 
 
-def draft_layout(state: RoundState, cache: PardStaticCache, k: int, mask_token_id: int, width: int):
-    """Right-aligned draft input ``[filler] [unseen] [mask]*(K-1)`` and its slots, both (B, width).
-
-    Right alignment puts the K positions whose logits we need last in every row (``logits_to_keep=K``).
-    Filler columns go to the trash slot.
-    """
-    cols = torch.arange(width, device=state.unseen.device)  # (W,)
-    first_real = width - (k - 1) - state.num_unseen[:, None]  # (B, 1)
-    rel = cols - first_real  # (B, W) index into unseen, then masks
-    is_unseen = (rel >= 0) & (rel < state.num_unseen[:, None])
-    is_mask = cols >= width - (k - 1)
-    unseen_idx = rel.clamp(0, state.unseen.shape[1] - 1)
-    input_ids = torch.where(is_unseen, state.unseen.gather(1, unseen_idx), mask_token_id)  # (B, W)
-    slots = torch.where(is_unseen | is_mask, cache.length[:, None] + rel, cache.trash_slot)  # (B, W)
-    return input_ids, slots
-
-
 def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int, max_unseen: int) -> torch.Tensor:
     """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, V_target)."""
+    drafter = inputs.drafter
     width = 2 * inputs.k if models.static_draft_width else max_unseen + k - 1
-    input_ids, slots = draft_layout(state, models.draft_cache, k, inputs.spec.mask_token_id, width)
-    embeds = None
-    if inputs.pard2 is not None:
-        features = draft_round_features(state.unseen_features, state.num_unseen, k, width)  # (B, W, D)
-        embeds = draft_inputs_embeds(models.draft.model, input_ids, features, inputs.pard2.scale)
-    logits, _ = models.draft(models.draft_cache, input_ids, slots, logits_to_keep=k, inputs_embeds=embeds)
-    logits = _to_target_vocab(logits[:, -k:], inputs.spec.target_vocab_size)  # (B, K, V)
+    layout = draft_layout(state.unseen, state.num_unseen, models.draft_cache, k, drafter.spec.mask_token_id, width)
+    embeds = drafter.inputs.round_embeds(drafter.model, layout)  # (B, W, H) | None
+    logits, _ = models.draft(models.draft_cache, layout.input_ids, layout.slots, logits_to_keep=k, inputs_embeds=embeds)
+    logits = drafter.to_target_vocab(logits[:, -k:])  # (B, K, V)
     # The mask slots' keys are discarded: only the unseen real tokens become live.
     models.draft_cache.advance(torch.where(state.finished, 0, state.num_unseen))
     return logits
-
-
-def _to_target_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Drop draft ids the target lacks; ids the draft lacks get -inf (never proposed)."""
-    if logits.shape[-1] >= vocab:
-        return logits[..., :vocab]
-    missing = logits.new_full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"))
-    return torch.cat([logits, missing], dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,13 +229,15 @@ def _to_target_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def verify_step(models: PardModels, state: RoundState, draft_tokens: torch.Tensor, inputs: LoopInputs):
-    """Target forward over ``[last_token, d_1..d_K]``: logits at the K+1 slots (B, K+1, V) and, in
-    PARD-2 mode, the features of those slots (B, K+1, D)."""
-    verify_ids = torch.cat([state.last_token[:, None], draft_tokens], dim=1)  # (B, K+1)
-    slots = models.target_cache.contiguous_slots(verify_ids.shape[1])  # (B, K+1)
-    layers = inputs.pard2.target_layers if inputs.pard2 is not None else None
-    return models.target(models.target_cache, verify_ids, slots, feature_layers=layers)
+def verify_step(models: PardModels, state: RoundState, proposal, inputs: LoopInputs, verifier):
+    """Target forward over the verifier's block (a chain ``[last_token, d_1..d_K]``, or a token tree's
+    ``[last_token, node_1..node_N]``): logits at every slot (B, T, V) and the features the draft's input
+    strategy asks for (PARD-2: (B, T, D); else None)."""
+    block = verifier.verify_input(state, proposal)
+    slots = models.target_cache.contiguous_slots(block.input_ids.shape[1])  # (B, T)
+    layers = inputs.drafter.feature_layers if inputs.drafter is not None else None
+    return models.target(models.target_cache, block.input_ids, slots, feature_layers=layers,
+                         offsets=block.position_offsets, attention=block.attention)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,9 +294,8 @@ def apply_criteria(
 # ----------------------------------------------------------------------------------------------
 
 
-def commit(models: PardModels, state: RoundState, chunk, length, finished, scores, logits, features=None) -> None:
-    """Append each row's chunk, advance the target cache, and hand the chunk (and, PARD-2, the
-    features of its predecessors: verify slots 0..a) to the draft."""
+def commit(models: PardModels, state: RoundState, chunk, length, finished, scores, logits) -> None:
+    """Append each row's chunk, advance the target cache, and hand the chunk to the draft."""
     cols = torch.arange(chunk.shape[1], device=chunk.device)  # (K+1,)
     keep = cols < length[:, None]  # (B, K+1)
     write_at = state.prompt_len + state.num_generated[:, None] + cols  # (B, K+1)
@@ -333,8 +310,6 @@ def commit(models: PardModels, state: RoundState, chunk, length, finished, score
     state.last_token = torch.where(length > 0, last, state.last_token)
     state.unseen = chunk
     state.num_unseen = torch.where(length > 0, length, 1)
-    if features is not None:  # only rows that committed something (unfinished rows) read them
-        state.unseen_features = features
     state.finished = finished
 
 
@@ -374,45 +349,90 @@ def stream(streamer, chunk: torch.Tensor, length: int) -> None:
         streamer.put(chunk[0, :length].cpu())
 
 
-def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: DraftSchedule) -> PardResult:
-    """Run PARD rounds until every row is finished."""
+@dataclass
+class Loop:
+    """What every round reads or updates: the models, the request, the state and the running counts."""
+
+    models: PardModels
+    inputs: LoopInputs
+    verifier: object
+    schedule: DraftSchedule
+    state: RoundState
+    stats: PardStats
+    histogram: torch.Tensor  # (K+2,) row-rounds per committed length
+
+
+def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: DraftSchedule,
+                timer: PhaseTimer | None = None) -> PardResult:
+    """Run PARD rounds until every row is finished (``timer``: per-phase seconds into the stats)."""
     start = time.perf_counter()
-    state = prefill(models, inputs, inputs.spec.target_vocab_size)
+    timer = timer or PhaseTimer(None)
+    with timer.phase("prefill"):
+        state = prefill(models, inputs)
     histogram = torch.zeros(inputs.k + 2, dtype=torch.long, device=inputs.input_ids.device)
-    stats = PardStats(k=inputs.k)
+    loop = Loop(models, inputs, verifier, schedule, state, PardStats(k=inputs.k), histogram)
     if inputs.streamer is not None:
         inputs.streamer.put(inputs.input_ids.cpu())
-    max_unseen = 1
-    while True:
+    max_unseen, all_done = 1, False
+    while not all_done:
         k = schedule.k
         if k > 0:
-            draft_logits = draft_step(models, state, inputs, k, max_unseen)  # (B, K, V)
-            draft_tokens, q = verifier.propose(state, draft_logits)  # (B, K), (B, K, V) | None
-        else:  # drafting switched off: a plain target step
+            with timer.phase("draft"):
+                draft_logits = draft_step(models, state, inputs, k, max_unseen)  # (B, K, V)
+                draft_tokens, q = verifier.propose(state, draft_logits)  # (B, K) or a tree, (B, K, V) | None
+        else:  # drafting switched off (or AR+): a plain target step
             draft_tokens, q = state.last_token.new_zeros(state.last_token.shape[0], 0), None
-        target_logits, features = verify_step(models, state, draft_tokens, inputs)  # (B, K+1, V), (B, K+1, D)
-        chunk, length, scores = verifier.accept(state, draft_tokens, q, target_logits)  # (B, K+1), (B,)
-        length, finished = apply_stopping(chunk, length, state, inputs)
-        if inputs.stopping_criteria:
-            length, finished = apply_criteria(inputs.stopping_criteria, chunk, length, finished, state, scores)
-        active = ~state.finished
-        committed, rows = (length * active).sum(), active.sum()
-        histogram += (torch.nn.functional.one_hot(length, inputs.k + 2) * active[:, None]).sum(0)
-        commit(models, state, chunk, length, finished, scores, target_logits, features)
-        stats.k_per_round.append(k)
-        # The round's single host sync: loop control, the next draft width, the schedule, the streamer.
-        all_done, max_unseen, committed, rows, first_len = torch.stack(
-            [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0]]
-        ).tolist()
-        stream(inputs.streamer, chunk, first_len)
-        if k > 0:
-            stats.drafting_committed += committed
-            stats.drafting_row_rounds += rows
-        schedule.update(committed=committed, rows=rows, all_accepted=committed == rows * (k + 1))
-        if all_done:
-            break
+        with timer.phase("verify"):
+            target_logits, features = verify_step(models, state, draft_tokens, inputs, verifier)  # (B, T, V), (B, T, D)
+        with timer.phase("other"):
+            all_done, max_unseen = accept_and_commit(loop, k, draft_tokens, q, target_logits, features)
     if inputs.streamer is not None:
         inputs.streamer.end()
+    _final_stats(loop.stats, schedule, histogram)
+    sequences, scores, logits = finalize(state, inputs.pad_token_id)
+    loop.stats.wall_time_s = time.perf_counter() - start
+    loop.stats.phase_seconds = timer.seconds()
+    return PardResult(sequences, loop.stats, scores, logits)
+
+
+def accept_and_commit(loop: Loop, k: int, draft_tokens, q, target_logits, features) -> tuple[bool, int]:
+    """Steps 3-6 of a round; returns (every row finished, the widest unseen chunk) from its one host sync."""
+    state, inputs = loop.state, loop.inputs
+    verdict = loop.verifier.accept(state, draft_tokens, q, target_logits)
+    chunk, length, scores = verdict  # (B, K+1), (B,), (B, K+1, V)
+    if verdict.path_slots is not None:  # a token tree: the accepted path's KV, logits, features
+        loop.models.target_cache.gather_path(verdict.path_slots)
+        target_logits, features = (_along_path(t, verdict.path_slots) for t in (target_logits, features))
+    length, finished = apply_stopping(chunk, length, state, inputs)
+    if inputs.stopping_criteria:
+        length, finished = apply_criteria(inputs.stopping_criteria, chunk, length, finished, state, scores)
+    active = ~state.finished
+    committed, rows = (length * active).sum(), active.sum()
+    loop.histogram += (torch.nn.functional.one_hot(length, inputs.k + 2) * active[:, None]).sum(0)
+    commit(loop.models, state, chunk, length, finished, scores, target_logits)
+    if inputs.drafter is not None:
+        inputs.drafter.inputs.observe(features)
+    loop.stats.k_per_round.append(k)
+    # The round's single host sync: loop control, the next draft width, the schedule, the streamer.
+    all_done, max_unseen, committed, rows, first_len = torch.stack(
+        [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0]]
+    ).tolist()
+    stream(inputs.streamer, chunk, first_len)
+    if k > 0:
+        loop.stats.drafting_committed += committed
+        loop.stats.drafting_row_rounds += rows
+    loop.schedule.update(committed=committed, rows=rows, all_accepted=committed == rows * (k + 1))
+    return bool(all_done), max_unseen
+
+
+def _along_path(values: torch.Tensor | None, path_slots: torch.Tensor) -> torch.Tensor | None:
+    """values (B, T, D) at the verify slots behind the committed tokens: (B, K+1, D)."""
+    if values is None:
+        return None
+    return values.gather(1, path_slots[..., None].expand(-1, -1, values.shape[-1]))
+
+
+def _final_stats(stats: PardStats, schedule: DraftSchedule, histogram: torch.Tensor) -> None:
     stats.rounds = stats.target_forwards = len(stats.k_per_round)
     stats.draft_forwards = sum(1 for k in stats.k_per_round if k > 0)
     stats.drafting_disabled_at = schedule.disabled_at
@@ -420,35 +440,3 @@ def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: D
     stats.accepted_histogram = counts
     stats.committed_tokens = sum(n * c for n, c in enumerate(counts))
     stats.row_rounds = sum(counts[1:])
-    sequences, scores, logits = finalize(state, inputs.pad_token_id)
-    stats.wall_time_s = time.perf_counter() - start
-    return PardResult(sequences, stats, scores, logits)
-
-
-def build_models(
-    target,
-    draft,
-    *,
-    manager: PardCacheManager,
-    inputs: LoopInputs,
-    forwards: dict,
-    compile_mode: str | None,
-    compile_backend="inductor",
-) -> PardModels:
-    """Reserve both caches for this call and fetch (or build once) the forward functions."""
-    batch, prompt_len = inputs.input_ids.shape
-    needed = prompt_len + inputs.max_new_tokens + 2 * inputs.k
-    key = (id(target), id(draft), compile_mode)
-    if key not in forwards:
-        forwards.clear()
-        forwards[key] = tuple(
-            ForwardFn(model, compile_mode=compile_mode, compile_backend=compile_backend) for model in (target, draft)
-        )
-    target_fn, draft_fn = forwards[key]
-    return PardModels(
-        target=target_fn,
-        draft=draft_fn,
-        target_cache=manager.cache("target", target, batch_size=batch, needed=needed),
-        draft_cache=manager.cache("draft", draft, batch_size=batch, needed=needed),
-        static_draft_width=compile_mode is not None,
-    )

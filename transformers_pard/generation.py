@@ -10,7 +10,9 @@ Private ``GenerationMixin`` helpers used (tested with transformers 5.23): ``_pre
 PARD-specific ``generate`` keywords: ``pard_draft``; ``pard_min_tau`` (auto-disable threshold, default
 1.3, None = never); ``pard_tau_window`` (rounds it looks back, default 8); ``pard_mode`` for PARD-2
 drafts ("dependent" = fed the target's hidden states, "independent" = draft alone; default: dependent
-when the draft carries a projection matching the target, else independent).
+when the draft carries a projection matching the target, else independent); ``ar_plus=True`` (no
+draft: AR+, plain decoding through the engine's static cache and compiled forwards);
+``pard_timing=True`` (``pard_stats.phase_seconds``: time per phase).
 """
 
 from __future__ import annotations
@@ -24,44 +26,17 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from .assisted import is_assisted_call, parallel_draft_candidates
-from .cache import PardCacheManager
-from .draft_config import DEFAULT_K, is_pard_draft, validate_draft
-from .engine import LoopInputs, PardStats, build_models, pard_decode
-from .pard2 import MODES, Pard2Config
+from .draft_config import DEFAULT_K, is_pard_draft
+from .drafting import resolve_draft, resolve_pard2
+from .engine import LoopInputs, PardStats, pard_decode
+from .runtime import PardOptions, runtime_of
 from .schedule import DraftSchedule, ScheduleConfig
 from .scoring import Scorer
-from .verification import GreedyVerifier, SamplingVerifier
+from .timing import PhaseTimer
+from .verification import GreedyVerifier, SamplingVerifier, TreeVerifier
 
-
-@dataclass(frozen=True)
-class PardOptions:
-    """Engine options of a PARD-enabled model (set by ``enable_pard``).
-
-    compile: run the draft and verify forwards through ``torch.compile`` with fixed shapes (draft
-        width 2K, verify width K+1), so rounds never recompile after warm-up.
-    compile_mode: ``torch.compile`` mode; default "reduce-overhead" (CUDA graphs) on CUDA/ROCm,
-        "default" elsewhere.
-    compile_backend: ``torch.compile`` backend (default "inductor").
-    max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
-    """
-
-    compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: object = "inductor"
-    max_cache_len: int | None = None
-
-    def __post_init__(self):
-        if self.max_cache_len is not None and self.max_cache_len < 1:
-            raise ValueError(f"max_cache_len must be a positive number of tokens, got {self.max_cache_len}.")
-        if self.compile_mode is not None and not self.compile:
-            raise ValueError("compile_mode is set but compile=False: pass compile=True to use it.")
-
-    def resolved_compile_mode(self, device: torch.device) -> str | None:
-        if not self.compile:
-            return None
-        if self.compile_mode is not None:
-            return self.compile_mode
-        return "reduce-overhead" if device.type == "cuda" else "default"
+#: Deprecated alias (the resolver moved to ``drafting.py``).
+resolve_pard2_mode = resolve_pard2
 
 
 @dataclass
@@ -77,6 +52,7 @@ _REFUSED_ARGUMENTS = {
     "negative_prompt_attention_mask": "classifier-free guidance",
     "custom_generate": "custom generation loops",
     "past_key_values": "a user-supplied cache (PARD owns both caches)",
+    "cache": "a user-supplied cache (PARD owns both caches)",
     "inputs_embeds": "inputs_embeds (pass input_ids)",
 }
 
@@ -84,7 +60,7 @@ _REFUSED_ARGUMENTS = {
 class PardGenerationMixin(GenerationMixin):
     """Adds PARD drafting to ``generate``; every call without a PARD draft is stock ``generate``."""
 
-    def generate(self, inputs=None, generation_config=None, *, pard_draft=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, *, pard_draft=None, ar_plus: bool = False, **kwargs):
         if is_assisted_call(generation_config) and is_pard_draft(self):
             # This model is the assistant of a stock target: K candidates from one parallel forward.
             input_ids = inputs if inputs is not None else kwargs.pop("input_ids")
@@ -94,22 +70,17 @@ class PardGenerationMixin(GenerationMixin):
             raise ValueError("Pass the draft once: either pard_draft=... or assistant_model=..., not both.")
         if pard_draft is None and assistant is not None and is_pard_draft(assistant):
             pard_draft = kwargs.pop("assistant_model")
-        if pard_draft is None:
+        if ar_plus and (pard_draft is not None or assistant is not None):
+            raise ValueError("ar_plus=True is decoding without a draft: drop pard_draft / assistant_model, or ar_plus.")
+        if pard_draft is None and not ar_plus:
+            if kwargs.get("pard_timing"):
+                raise ValueError("pard_timing=True times PARD rounds: pass pard_draft=... (or ar_plus=True).")
             return super().generate(inputs, generation_config, **kwargs)
         return pard_generate(self, pard_draft, inputs, generation_config, **kwargs)
 
 
 def pard_options(model) -> PardOptions:
-    return getattr(model, "_pard_options", None) or PardOptions()
-
-
-def _pard_runtime(model) -> tuple[PardCacheManager, dict]:
-    """The cache manager and compiled forwards owned by ``model`` (created on first use)."""
-    runtime = getattr(model, "_pard_runtime", None)
-    if runtime is None:
-        runtime = (PardCacheManager(max_cache_len=pard_options(model).max_cache_len), {})
-        model._pard_runtime = runtime
-    return runtime
+    return runtime_of(model).options
 
 
 def _requested_k(model, generation_config, kwargs) -> int:
@@ -201,6 +172,7 @@ def _pop_call_arguments(kwargs: dict) -> dict:
         "streamer": kwargs.pop("streamer", None),
         "tokenizer": kwargs.pop("tokenizer", None),
         "pard_mode": kwargs.pop("pard_mode", None),
+        "pard_tree": kwargs.pop("pard_tree", None),
         "schedule": ScheduleConfig(
             schedule=kwargs.pop("num_assistant_tokens_schedule", None) or "constant",
             min_tau=kwargs.pop("pard_min_tau", ScheduleConfig.min_tau),
@@ -229,61 +201,39 @@ def _schedule(model, config, call_args, k: int, compiled: bool) -> DraftSchedule
             "torch.compile's fixed shapes. Use the 'constant' schedule with compile=True."
         )
     k_start = k
-    if schedule_config.schedule == "heuristic":
-        k_start = min(getattr(model, "_pard_heuristic_k", k), k)
+    remembered = runtime_of(model).heuristic_k
+    if schedule_config.schedule == "heuristic" and remembered is not None:
+        k_start = min(remembered, k)
     return DraftSchedule(schedule_config, k_start=k_start, k_max=k)
 
 
-def resolve_pard2_mode(model, draft, requested: str | None) -> Pard2Config | None:
-    """The PARD-2 settings for target-dependent mode, or None for the draft alone."""
-    if requested is not None and requested not in MODES:
-        raise ValueError(f"pard_mode must be one of {MODES}, got {requested!r}.")
-    pard2 = Pard2Config.from_model_config(draft.config)
-    if requested == "independent" or (pard2 is None and requested is None):
-        return None
-    if pard2 is None or getattr(draft, "target_proj", None) is None:
-        raise ValueError(
-            "pard_mode='dependent' needs a PARD-2 draft with its target projection (config key pard2 and "
-            "pard2_proj.safetensors / warp_model.bin); load it with PardAutoModelForCausalLM.from_pretrained."
-        )
-    hidden = model.config.get_text_config().hidden_size
-    expected = hidden * len(pard2.target_layers)
-    num_states = model.config.get_text_config().num_hidden_layers + 1
-    fits = expected == pard2.target_dim and all(-num_states <= i < num_states for i in pard2.target_layers)
-    if not fits:
-        if requested == "dependent":
-            raise ValueError(
-                f"This PARD-2 draft expects target features of size {pard2.target_dim} from layers "
-                f"{list(pard2.target_layers)}, but this target gives {hidden} x {len(pard2.target_layers)} = "
-                f"{expected} over {num_states} hidden states: it was trained for another target. Use "
-                "pard_mode='independent'."
-            )
-        return None  # documented fallback: the draft alone (target-independent mode)
-    return pard2
-
-
-def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
-    """PARD decoding for ``model`` (the target) with ``draft``; see ``PardGenerationMixin``."""
-    k = _requested_k(model, generation_config, kwargs)
-    call_args = _pop_call_arguments(kwargs)
-    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
-    _check_generation_config(config)
-    spec = validate_draft(model, draft)
-
+def _input_ids(model, config, inputs, model_kwargs, device) -> torch.Tensor:
+    """The prompt ids on ``device``, checked: integer ids inside the target's vocabulary."""
     input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
-    device = next(model.parameters()).device
     if input_ids is None:
         if config.bos_token_id is None:
             raise ValueError("No input_ids given and the model has no bos_token_id to start from.")
         input_ids = torch.tensor([[config.bos_token_id]], device=device)
-    input_ids = input_ids.to(device)
-    attention_mask = model_kwargs.pop("attention_mask", None)
-    model_kwargs.pop("use_cache", None)
-    if model_kwargs:
-        raise ValueError(
-            f"The following arguments are not used by PARD generation: {sorted(model_kwargs)}. Check for typos."
-        )
-    model._prepare_special_tokens(config, attention_mask is not None, device=device)
+    if not torch.is_tensor(input_ids) or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex \
+            or input_ids.dtype == torch.bool:
+        kind = type(input_ids).__name__ if not torch.is_tensor(input_ids) else f"a {input_ids.dtype} tensor"
+        raise ValueError(f"input_ids must be a tensor of integer token ids (torch.long), got {kind}: tokenize the "
+                         "text with the target's tokenizer (`tokenizer(text, return_tensors='pt')`).")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}; "
+                         "for one prompt use `ids[None]`.")
+    vocab = model.config.get_text_config().vocab_size
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}, outside the target's vocabulary (0..{vocab - 1}): were "
+                         "they made by another model's tokenizer? Tokenize with the target's own tokenizer.")
+    return input_ids.to(device=device, dtype=torch.long)
+
+
+def _loop_inputs(model, drafter, config, call_args, input_ids, attention_mask, k: int) -> tuple[LoopInputs, list]:
+    """The engine's inputs for this call, and the logits processors."""
+    device = input_ids.device
     eos_ids = config._eos_token_tensor
     pad_token_id = config._pad_token_tensor
     pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
@@ -297,50 +247,70 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
         raise ValueError("Streaming with a PARD draft supports one sequence at a time (batch size 1), like TextStreamer.")
     max_new = _max_new_tokens(config, input_ids.shape[1])
     _check_positions(model, attention_mask, max_new)
-
     processors = model._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=input_ids.shape[1],
-        encoder_input_ids=input_ids,
-        prefix_allowed_tokens_fn=call_args["prefix_allowed_tokens_fn"],
-        logits_processor=call_args["logits_processor"],
-        device=device,
-        model_kwargs={"attention_mask": attention_mask},
+        generation_config=config, input_ids_seq_length=input_ids.shape[1], encoder_input_ids=input_ids,
+        prefix_allowed_tokens_fn=call_args["prefix_allowed_tokens_fn"], logits_processor=call_args["logits_processor"],
+        device=device, model_kwargs={"attention_mask": attention_mask},
     )
-    loop_inputs = LoopInputs(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        k=k,
-        max_new_tokens=max_new,
-        eos_token_ids=eos_ids,
-        pad_token_id=pad_token_id,
-        spec=spec,
-        stopping_criteria=_user_stopping_criteria(model, config, call_args),
-        streamer=streamer,
-        keep_scores=bool(config.return_dict_in_generate and config.output_scores),
+    return LoopInputs(
+        input_ids=input_ids, attention_mask=attention_mask, k=k, max_new_tokens=max_new, eos_token_ids=eos_ids,
+        pad_token_id=pad_token_id, drafter=drafter, stopping_criteria=_user_stopping_criteria(model, config, call_args),
+        streamer=streamer, keep_scores=bool(config.return_dict_in_generate and config.output_scores),
         keep_logits=bool(config.return_dict_in_generate and config.output_logits),
-        pard2=resolve_pard2_mode(model, draft, call_args["pard_mode"]),
-    )
-    options = pard_options(model)
-    compile_mode = options.resolved_compile_mode(device)
-    schedule = _schedule(model, config, call_args, k, compiled=compile_mode is not None)
-    manager, forwards = _pard_runtime(model)
-    models = build_models(
-        model,
-        draft,
-        manager=manager,
-        inputs=loop_inputs,
-        forwards=forwards,
-        compile_mode=compile_mode,
-        compile_backend=options.compile_backend,
-    )
-    scorer = Scorer(processors)
-    verifier = SamplingVerifier(scorer) if config.do_sample else GreedyVerifier(scorer)
+        vocab_size=drafter.spec.target_vocab_size if drafter else model.config.get_text_config().vocab_size,
+    ), processors
+
+
+def _verifier(scorer: Scorer, config, call_args, k: int, draft):
+    """The chain verifiers, or ``TreeVerifier`` for ``pard_tree=N`` (checked here)."""
+    budget = call_args["pard_tree"]
+    if budget is None:
+        return SamplingVerifier(scorer) if config.do_sample else GreedyVerifier(scorer)
+    if draft is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"pard_tree is the number of tree nodes verified per round (an integer >= 1, with a "
+                         f"pard_draft), got {budget!r}. Use None for a chain of K draft tokens.")
+    if not scorer.prefix_free:
+        raise ValueError("pard_tree with prefix-dependent logits processors (repetition_penalty, no_repeat_ngram_size, "
+                         "min_new_tokens, custom processors, ...) is not supported: every tree node has its own "
+                         "prefix. Drop pard_tree (the chain supports them) or those settings.")
+    if call_args["schedule"].schedule != "constant" or config.num_assistant_tokens_schedule not in (None, "constant"):
+        raise ValueError("pard_tree needs the 'constant' num_assistant_tokens_schedule (the tree has K levels).")
+    accuracy = getattr(draft.config, "pard_tree_topk_accuracy", None)
+    return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy)
+
+
+def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
+    """PARD decoding for ``model`` (the target) with ``draft`` (None: AR+); see ``PardGenerationMixin``."""
+    k = _requested_k(model, generation_config, kwargs) if draft is not None else 0
+    call_args = _pop_call_arguments(kwargs)
+    timing = bool(kwargs.pop("pard_timing", False))
+    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
+    _check_generation_config(config)
+    runtime = runtime_of(model)
+    drafter = None if draft is None else resolve_draft(model, draft, pard_mode=call_args["pard_mode"],
+                                                       head_cache=runtime.head_cache)
+    device = next(model.parameters()).device
+    input_ids = _input_ids(model, config, inputs, model_kwargs, device)
+    attention_mask = model_kwargs.pop("attention_mask", None)
+    model_kwargs.pop("use_cache", None)
+    if model_kwargs:
+        raise ValueError(
+            f"The following arguments are not used by PARD generation: {sorted(model_kwargs)}. Check for typos."
+        )
+    model._prepare_special_tokens(config, attention_mask is not None, device=device)
+    loop_inputs, processors = _loop_inputs(model, drafter, config, call_args, input_ids, attention_mask, k)
+    compiled = runtime.options.resolved_compile_mode(device) is not None
+    schedule = _schedule(model, config, call_args, k, compiled=compiled)
+    verifier = _verifier(Scorer(processors), config, call_args, k, draft)
+    loop_inputs.verify_width = verifier.verify_width(k)
+    models = runtime.models(model, drafter, loop_inputs, device)
     with torch.no_grad():
-        result = pard_decode(models, loop_inputs, verifier=verifier, schedule=schedule)
+        result = pard_decode(models, loop_inputs, verifier=verifier, schedule=schedule,
+                             timer=PhaseTimer(device if timing else None))
     if schedule.config.schedule == "heuristic":
-        model._pard_heuristic_k = max(schedule.k, 1)
-    model._last_pard_stats = result.stats
+        runtime.heuristic_k = max(schedule.k, 1)
+    if call_args["pard_tree"] is not None:
+        result.stats.tree_nodes = call_args["pard_tree"]
     if config.return_dict_in_generate:
         return PardGenerateOutput(
             sequences=result.sequences, scores=result.scores, logits=result.logits, pard_stats=result.stats

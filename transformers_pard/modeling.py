@@ -12,9 +12,9 @@ import os
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .draft_io import is_compact_draft, load_compact_draft
-from .generation import PardGenerationMixin, PardOptions
-from .pard2 import load_projection
+from .draft_io import is_compact_draft, load_compact_draft, load_draft_extras
+from .generation import PardGenerationMixin
+from .runtime import PardOptions, PardRuntime
 
 _PARD_CLASSES: dict[type, type] = {}
 
@@ -37,6 +37,7 @@ def enable_pard(
     compile: bool = False,
     compile_mode: str | None = None,
     compile_backend="inductor",
+    freeze: bool | None = None,
     max_cache_len: int | None = None,
 ):
     """Give an already-loaded causal LM ``generate(..., pard_draft=draft)``; returns the same object.
@@ -47,16 +48,16 @@ def enable_pard(
             on CUDA/ROCm with the default mode).
         compile_mode: ``torch.compile`` mode (default: "reduce-overhead" on GPU, "default" on CPU).
         compile_backend: ``torch.compile`` backend (default "inductor").
+        freeze: CPU + inductor: fold and pre-pack the weights in the compiled graphs (default: on with
+            compile on CPU; the model's own parameters are untouched).
         max_cache_len: fix the KV cache capacity (tokens); requests that do not fit raise.
     """
     if not hasattr(model, "generate") or not hasattr(model, "config"):
         raise TypeError(f"enable_pard expects a transformers causal LM, got {type(model).__name__}.")
-    options = PardOptions(
-        compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, max_cache_len=max_cache_len
-    )
+    options = PardOptions(compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, freeze=freeze,
+                          max_cache_len=max_cache_len)
     model.__class__ = _pard_class(type(model))
-    model._pard_options = options
-    model._pard_runtime = None  # caches / compiled forwards are rebuilt for the new options
+    model.__dict__["pard_runtime"] = PardRuntime(options)  # caches / forwards rebuilt for the new options
     return model
 
 
@@ -85,13 +86,15 @@ class PardAutoModelForCausalLM:
         config = AutoConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k in ("revision", "token")})
         if is_compact_draft(config):
             if pard_target is None:
-                raise ValueError(f"{path} is a compact PARD draft: pass pard_target=<the target model> to load it.")
+                raise ValueError(
+                    f"{path} is a compact PARD draft: it borrows its token embedding from the target, so load it with "
+                    f"the target: `PardAutoModelForCausalLM.from_pretrained({path!r}, pard_target=target)` or "
+                    f"`transformers_pard.draft_io.load_draft({path!r}, target=target)`.")
             model = load_compact_draft(path, target=pard_target, dtype=kwargs.get("dtype"))  # + PARD-2 projection
         else:
             model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            if getattr(model.config, "pard2", False):  # PARD-2: attach target_proj
-                load_projection(model, path if os.path.isdir(path) else _model_folder(path, kwargs))
-                model.target_proj.to(device=model.device, dtype=model.dtype)
+            if getattr(model.config, "pard2", False) or getattr(model.config, "pard_vocab_size", None):
+                load_draft_extras(model, path if os.path.isdir(path) else _model_folder(path, kwargs))
         return enable_pard(model, compile=pard_compile, max_cache_len=pard_max_cache_len)
 
     @classmethod

@@ -47,6 +47,20 @@ class Pard2Config:
         )
 
 
+def pard2_fit_problem(target_config, pard2: Pard2Config) -> str | None:
+    """Why a PARD-2 draft's projection cannot take this target's features, or None when it fits: the
+    feature size must be hidden x len(layers) and every layer an index into ``output_hidden_states``."""
+    text_config = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    hidden, num_states = text_config.hidden_size, text_config.num_hidden_layers + 1
+    expected = hidden * len(pard2.target_layers)
+    bad_layers = [i for i in pard2.target_layers if not -num_states <= i < num_states]
+    if expected == pard2.target_dim and not bad_layers:
+        return None
+    return (f"This PARD-2 draft expects target features of size {pard2.target_dim} from layers "
+            f"{list(pard2.target_layers)}, but this target gives {hidden} x {len(pard2.target_layers)} = "
+            f"{expected} over {num_states} hidden states" + (f" (no layer {bad_layers})" if bad_layers else "") + ".")
+
+
 def make_projection(draft, pard2: Pard2Config) -> nn.Linear:
     """A fresh ``target_proj`` (target feature -> draft hidden) attached to ``draft`` as ``draft.target_proj``."""
     hidden = draft.config.get_text_config().hidden_size

@@ -13,35 +13,70 @@ Every committed token is then distributed exactly as under the target alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .scoring import Scorer
+from .tree import TokenTree, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, static_shape, verify_layout
 
 
-class GreedyVerifier:
-    """Draft: argmax of the draft's logits. Accept: while the target's processed argmax agrees."""
+@dataclass
+class VerifyInput:
+    """The target's verify block: ``[last_token, proposal...]`` (B, T); a tree also gives each slot's
+    position offset from the root (B, T) and the block's own attention (B, T, T)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    position_offsets: torch.Tensor | None = None  # (B, T) None: a chain (offset = column)
+    attention: torch.Tensor | None = None  # (B, T, T) None: causal within the block
+
+
+@dataclass
+class Verdict:
+    """A round's outcome: the committed ``chunk`` (B, K+1) of ``length`` (B,) tokens and their processed
+    ``scores`` (B, K+1, V); ``path_slots`` (B, K+1): the verify slot behind each committed token when it
+    is not simply its column (token trees), else None."""
+
+    chunk: torch.Tensor
+    length: torch.Tensor
+    scores: torch.Tensor
+    path_slots: torch.Tensor | None = None
+
+    def __iter__(self):  # chunk, length, scores = verdict
+        return iter((self.chunk, self.length, self.scores))
+
+
+class ChainVerifier:
+    """The verify block of a chain of K draft tokens: ``[last_token, d_1..d_K]``."""
 
     def __init__(self, scorer: Scorer):
         self.scorer = scorer
 
+    def verify_input(self, state, draft_tokens: torch.Tensor) -> VerifyInput:
+        return VerifyInput(torch.cat([state.last_token[:, None], draft_tokens], dim=1))  # (B, K+1)
+
+    def verify_width(self, k: int) -> int:
+        return k + 1
+
+
+class GreedyVerifier(ChainVerifier):
+    """Draft: argmax of the draft's logits. Accept: while the target's processed argmax agrees."""
+
     def propose(self, state, draft_logits: torch.Tensor):
         return draft_logits.argmax(-1), None  # (B, K), no q needed
 
-    def accept(self, state, draft_tokens, q, target_logits):
-        """Returns (chunk (B, K+1), length (B,), scores (B, K+1, V))."""
+    def accept(self, state, draft_tokens, q, target_logits) -> Verdict:
+        """chunk (B, K+1), length (B,), scores (B, K+1, V)."""
         scores = self.scorer.scores(state, draft_tokens, target_logits)  # (B, K+1, V)
         target_choice = scores.argmax(-1)  # (B, K+1)
         agree = draft_tokens == target_choice[:, :-1]  # (B, K)
         num_accepted = agree.long().cumprod(dim=1).sum(dim=1)  # (B,)
         # The accepted drafts equal the target's choices, so the chunk is the target's choices.
-        return target_choice, num_accepted + 1, scores
+        return Verdict(target_choice, num_accepted + 1, scores)
 
 
-class SamplingVerifier:
+class SamplingVerifier(ChainVerifier):
     """Draft: sample from q = softmax(processed draft logits). Accept: the speculative sampling rule."""
-
-    def __init__(self, scorer: Scorer):
-        self.scorer = scorer
 
     def propose(self, state, draft_logits: torch.Tensor):
         """Sample d_1..d_K; returns (tokens (B, K), q (B, K, V))."""
@@ -72,7 +107,7 @@ class SamplingVerifier:
         next_token = self._sample_after(p, q, num_accepted)  # (B,)
         chunk = torch.cat([draft_tokens, draft_tokens.new_zeros(draft_tokens.shape[0], 1)], dim=1)  # (B, K+1)
         chunk = chunk.scatter(1, num_accepted[:, None], next_token[:, None])
-        return chunk, num_accepted + 1, scores
+        return Verdict(chunk, num_accepted + 1, scores)
 
     @staticmethod
     def _sample_after(p, q, num_accepted):
@@ -86,3 +121,67 @@ class SamplingVerifier:
         # mass == 0 only when p_a == q exactly, where rejection has probability 0: keep p_a.
         residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_a)
         return torch.multinomial(residual, 1)[:, 0]
+
+
+#: Per-slot cumulative top-k accuracy used to shape sampled trees when the draft records none
+#: (``pard_tree_topk_accuracy`` in its config): the shipped SmolLM2 draft's, teacher-forced
+#: (benchmarks/slot_topk.py), ranks 1..4.
+DEFAULT_TOPK_ACCURACY = (
+    (0.62, 0.73, 0.79, 0.81), (0.43, 0.58, 0.65, 0.70), (0.30, 0.44, 0.51, 0.55), (0.24, 0.38, 0.45, 0.50),
+    (0.19, 0.32, 0.40, 0.45), (0.17, 0.29, 0.35, 0.42), (0.14, 0.25, 0.31, 0.36), (0.12, 0.22, 0.29, 0.35),
+)
+
+
+def expansion_width(budget: int, k: int, vocab: int, preferred: int) -> int:
+    """Children per expanded node of a dynamic tree: ``preferred``, or more when K levels of it cannot
+    hold ``budget`` nodes (each level keeps at most ``budget``)."""
+    width = min(preferred, vocab)
+    while width < vocab and sum(min(budget, width**d) for d in range(1, k + 1)) < budget:
+        width += 1
+    return width
+
+
+class TreeVerifier:
+    """Verify a token tree of N nodes per row (``tree.py``) built from the K slot distributions of one
+    draft forward. Greedy: the EAGLE-2-style dynamic tree (the N nodes of highest path probability) and
+    the longest agreeing root path. Sampling: a tree of i.i.d. draws from q in a static shape and the
+    multi-candidate rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are
+    plain chain steps. Logits processors must not depend on the prefix (each node has its own)."""
+
+    def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4):
+        self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
+        self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
+        accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
+        if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
+            accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
+        self.shape = static_shape(accuracy[:k], budget) if sampling else None
+
+    def verify_width(self, k: int) -> int:
+        return 1 + self.budget
+
+    def propose(self, state, draft_logits: torch.Tensor):
+        empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
+        scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
+        if not self.sampling:
+            top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
+            return dynamic_tree(scores, budget=self.budget, top_n=top_n), None
+        q = torch.softmax(scores, -1)  # (B, K, V)
+        return sampled_tree(q, self.shape), q
+
+    def verify_input(self, state, proposal) -> VerifyInput:
+        if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step
+            return self.chain.verify_input(state, proposal)
+        layout = verify_layout(proposal, state.last_token)
+        return VerifyInput(layout.input_ids, layout.position_offsets, layout.attention)
+
+    def accept(self, state, proposal, q, target_logits) -> Verdict:
+        if not isinstance(proposal, TokenTree):
+            return self.chain.accept(state, proposal, q, target_logits)
+        empty = proposal.tokens[:, :0]
+        scores = self.scorer.scores(state, empty, target_logits)  # (B, 1+N, V)
+        if self.sampling:
+            verdict = sampling_accept(proposal, q, torch.softmax(scores, -1))
+        else:
+            verdict = greedy_accept(proposal, scores.argmax(-1))
+        along = verdict.path_slots[..., None].expand(-1, -1, scores.shape[-1])  # (B, K+1, V)
+        return Verdict(verdict.chunk, verdict.length, scores.gather(1, along), verdict.path_slots)

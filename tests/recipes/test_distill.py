@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from transformers_pard.embedded import chat_prompt
-from transformers_pard.recipes import distill as distill_module
-from transformers_pard.recipes.distill import distill
+from transformers_pard.apps.embedded import chat_prompt
+from transformers_pard.apps.recipes import distill as distill_module
+from transformers_pard.apps.recipes.distill import distill
 from transformers_pard.testing import tiny_causal_lm, tiny_tokenizer
 
 NEW = 5

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformers_pard.recipes import prompts
-from transformers_pard.recipes.prompts import FAMILIES, build_prompt_records, build_prompts
+from transformers_pard.apps.recipes import prompts
+from transformers_pard.apps.recipes.prompts import FAMILIES, build_prompt_records, build_prompts
 
 BENCH = Path(__file__).resolve().parents[3] / "shared" / "bench"
 #: how many distinct prompts each non-arithmetic family can produce

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from transformers_pard.draft_io import COMPACT_KEY, load_draft
-from transformers_pard.recipes import smollm2
-from transformers_pard.recipes.prompts import build_prompt_records
-from transformers_pard.recipes.smollm2 import (
+from transformers_pard.apps.recipes import smollm2
+from transformers_pard.apps.recipes.prompts import build_prompt_records
+from transformers_pard.apps.recipes.smollm2 import (
     FreezeEmbeddingExceptMask,
+    TrainSettings,
     build_cut_draft,
     hidden_state_stats,
     model_card,
@@ -222,9 +223,9 @@ def test_recipe_commands_follow_init_from_and_quote_only_what_differs(tmp_path):
 
 def test_projection_only_and_cache_need_pard2(tmp_path):
     with pytest.raises(ValueError, match="--pard2-projection-only.*--pard2"):
-        smollm2.train_stage(str(tmp_path), pard2_projection_only=True)
+        smollm2.train_stage(str(tmp_path), settings=TrainSettings(pard2_projection_only=True))
     with pytest.raises(ValueError, match="--pard2-cache.*--pard2"):
-        smollm2.train_stage(str(tmp_path), pard2_cache=str(tmp_path / "cache"))
+        smollm2.train_stage(str(tmp_path), settings=TrainSettings(pard2_cache=str(tmp_path / "cache")))
 
 
 def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path, monkeypatch):
@@ -234,7 +235,7 @@ def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path,
     draft = mark_as_pard_draft(build_cut_draft(target, 1), mask_token_id=MASK)
     save_compact_draft(draft, tmp_path / "shipped", dtype=torch.float32, tokenizer=tiny_tokenizer())
     loads = []
-    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: loads.append(1) or (target, tiny_tokenizer()))
+    monkeypatch.setattr(smollm2.train, "load_smollm2", lambda **kwargs: loads.append(1) or (target, tiny_tokenizer()))
     full = smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
     assert full == str(tmp_path / "out" / "full-shipped") and loads == [1]
     assert COMPACT_KEY not in json.loads((tmp_path / "out" / "full-shipped" / "config.json").read_text())
@@ -271,7 +272,7 @@ def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
 
 def test_data_stage_holds_out_prompts_and_distils_the_rest(tmp_path, monkeypatch):
     model = tiny_causal_lm("llama", num_layers=1, max_positions=1024)
-    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: (model, tiny_tokenizer()))
+    monkeypatch.setattr(smollm2.data, "load_smollm2", lambda **kwargs: (model, tiny_tokenizer()))
     path = smollm2.data_stage(str(tmp_path), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2)
     held = [json.loads(line)["data"] for line in (tmp_path / smollm2.HELDOUT_FILE).read_text().splitlines()]
     rows = [json.loads(line) for line in open(path)]
@@ -292,7 +293,7 @@ def test_data_stage_holds_out_prompts_and_distils_the_rest(tmp_path, monkeypatch
 def test_data_stage_can_answer_a_subset_with_the_same_held_out_split(tmp_path, monkeypatch):
     model = tiny_causal_lm("llama", num_layers=1, max_positions=1024)
     seen = []
-    monkeypatch.setattr(smollm2, "load_smollm2", lambda **kwargs: seen.append(kwargs["dtype"]) or (model, tiny_tokenizer()))
+    monkeypatch.setattr(smollm2.data, "load_smollm2", lambda **kwargs: seen.append(kwargs["dtype"]) or (model, tiny_tokenizer()))
     full, part = tmp_path / "full", tmp_path / "part"
     smollm2.data_stage(str(full), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2)
     smollm2.data_stage(str(part), num_prompts=10, heldout=3, batch_size=4, max_new_tokens=2, train_prompts=4,

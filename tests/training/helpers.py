@@ -10,6 +10,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast, TrainingArguments
 
 from transformers_pard.testing import tiny_causal_lm
+from transformers_pard.training import PardTrainConfig
 
 #: ids 0/1/2 match transformers_pard.testing.tiny_config (pad/bos/eos)
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -51,6 +52,27 @@ def write_jsonl(path, records):
 
 def text_records(n: int = 16):
     return [{"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(12))} for i in range(n)]
+
+
+def train_config(tmp_path, **overrides) -> PardTrainConfig:
+    """A short run on ``text_records`` (K=4, 4 steps, checkpoints every 2); the draft folder is written
+    to ``tmp_path / "draft"`` unless ``draft`` is given or it is there already."""
+    values = dict(
+        data=(str(write_jsonl(tmp_path / "data.jsonl", text_records())),),
+        output=str(tmp_path / "out"),
+        k=4,
+        max_steps=4,
+        save_steps=2,
+        logging_steps=1,
+        batch_size=4,
+        learning_rate=3e-3,
+        max_length=16,
+    )
+    values.update(overrides)
+    if "draft" not in values:
+        folder = tmp_path / "draft"
+        values["draft"] = str(folder if folder.exists() else write_draft(folder))
+    return PardTrainConfig(**values)
 
 
 def trainer_args(tmp_path, **overrides) -> TrainingArguments:

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from transformers_pard.draft_config import is_pard_draft
-from transformers_pard.training.cli import add_train_parser, parse_mask_token
+from transformers_pard.apps.train_cli import add_train_parser, parse_mask_token
 
 from .helpers import text_records, write_draft, write_jsonl
 
@@ -91,7 +91,7 @@ def test_help_lists_the_flags():
 
 LAUNCHER = """
 import argparse, sys
-from transformers_pard.training.cli import add_train_parser
+from transformers_pard.apps.train_cli import add_train_parser
 root = argparse.ArgumentParser()
 add_train_parser(root.add_subparsers(dest="command", required=True))
 args = root.parse_args(sys.argv[1:])

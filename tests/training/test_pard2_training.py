@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard
 from transformers_pard.pard2 import (
@@ -33,20 +33,21 @@ from transformers_pard.training import (
     pard_loss,
     prepare_draft,
     train_pard2_draft,
+    training_arguments,
 )
-from transformers_pard.training.cli import add_train_parser, config_from_args
-from transformers_pard.training.pard2 import (
-    distill_kl,
+from transformers_pard.apps.train_cli import add_train_parser, config_from_args
+from transformers_pard.training import losses
+from transformers_pard.training.losses import distill_kl
+from transformers_pard.training.run import setup_pard2
+from transformers_pard.training.target_pass import (
     feature_keep_mask,
     feature_statistics,
     gold_probs,
     row_features,
     run_target,
-    setup_pard2,
 )
-from transformers_pard.training import pard2 as pard2_training
 
-from .helpers import WORDS, text_records, trainer_args, word_tokenizer, write_jsonl
+from .helpers import WORDS, text_records, train_config, trainer_args, word_tokenizer, write_jsonl
 from .test_learning import K as LEARN_K
 from .test_learning import V, language, train_target
 
@@ -169,7 +170,7 @@ def reference_kl(draft_logits, teacher_logits, temperature):
 @pytest.mark.parametrize("extra_draft_ids", [0, 2])
 @pytest.mark.parametrize("chunk_elements", [7, 1 << 24])  # 7: one row per chunk; 2**24: one chunk per sample
 def test_chunked_kd_matches_the_definition_and_its_gradient(monkeypatch, extra_draft_ids, chunk_elements):
-    monkeypatch.setattr(pard2_training, "KD_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(losses, "KD_CHUNK_ELEMENTS", chunk_elements)
     generator = torch.Generator().manual_seed(extra_draft_ids + chunk_elements)
     target_logits = torch.randn(2, 6, 9, dtype=torch.float64, generator=generator) * 2  # (B, L, V_t)
     positions = torch.tensor([[0, 3, 3, 5], [2, 1, 0, 4]])  # (B, n): rows share positions, as copies do
@@ -306,21 +307,8 @@ def write_pard2_inputs(tmp_path):
 
 
 def pard2_config(tmp_path, draft, **overrides) -> PardTrainConfig:
-    values = dict(
-        draft=draft,
-        data=(str(write_jsonl(tmp_path / "data.jsonl", text_records())),),
-        output=str(tmp_path / "out"),
-        k=3,
-        max_steps=3,
-        save_steps=2,
-        logging_steps=1,
-        batch_size=4,
-        learning_rate=3e-3,
-        max_length=16,
-        pard2=Pard2Options(layers=LAYERS, scale=0.5, target_feat_mask=0.3),
-    )
-    values.update(overrides)
-    return PardTrainConfig(**values)
+    pard2 = Pard2Options(layers=LAYERS, scale=0.5, target_feat_mask=0.3)
+    return train_config(tmp_path, **{"draft": draft, "k": 3, "max_steps": 3, "pard2": pard2, **overrides})
 
 
 def assert_lossless_in_both_modes(target, draft, tokenizer) -> None:
@@ -449,9 +437,11 @@ def test_pard2_cli_loads_the_target_from_a_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match="--pard2-projection-only.*--pard2"):
         config_from_args(root.parse_args([*argv[: argv.index("--pard2")], "--pard2-projection-only"]))
     assert config_from_args(root.parse_args([*argv, "--pard2-projection-only"])).pard2.projection_only is True
-    assert plain.extra_args == {}  # the Trainer's own optimizer
+    assert (plain.optim, plain.optim_args) == (None, None)  # the Trainer's own optimizer
+    assert training_arguments(plain).optim == TrainingArguments("o").optim
     sgd = config_from_args(root.parse_args([*argv, "--optim", "sgd", "--optim-args", "momentum=0.9"]))
-    assert sgd.extra_args == {"optim": "sgd", "optim_args": "momentum=0.9"}
+    assert (sgd.optim, sgd.optim_args) == ("sgd", "momentum=0.9")
+    assert (training_arguments(sgd).optim, training_arguments(sgd).optim_args) == ("sgd", "momentum=0.9")
     with pytest.raises(ValueError, match="--optim-args needs --optim"):
         config_from_args(root.parse_args([*argv, "--optim-args", "momentum=0.9"]))
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, Gemma2Config
 
 from transformers_pard.testing import tiny_causal_lm
 from transformers_pard.training import Pard2Options, Pard2Trainer, train_pard2_draft
-from transformers_pard.training.cli import add_train_parser, config_from_args
-from transformers_pard.training.pard2 import feature_statistics, run_target
+from transformers_pard.apps.train_cli import add_train_parser, config_from_args
+from transformers_pard.training.target_pass import feature_statistics, run_target
 from transformers_pard.training.target_cache import (
     MANIFEST,
     TargetCache,

@@ -12,9 +12,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Traine
 from transformers_pard.draft_config import is_pard_draft
 from transformers_pard.testing import tiny_causal_lm
 from transformers_pard.training import PardDataCollator, PardTrainConfig, pard_loss, prepare_draft, train_draft
-from transformers_pard.training.trainer import PardTrainer, check_attention, rows_with_loss, training_arguments
+from transformers_pard.training.config import training_arguments
+from transformers_pard.training.trainers import PardTrainer, check_attention, rows_with_loss
 
-from .helpers import WORDS, text_records, word_tokenizer, write_draft, write_jsonl
+from .helpers import WORDS, train_config, word_tokenizer
 
 MASK = 39
 
@@ -79,21 +80,7 @@ class StepRecorder(TrainerCallback):
             self.losses.append(logs["loss"])
 
 
-def config(tmp_path, **overrides) -> PardTrainConfig:
-    values = dict(
-        draft=str(write_draft(tmp_path / "draft")) if not (tmp_path / "draft").exists() else str(tmp_path / "draft"),
-        data=(str(write_jsonl(tmp_path / "data.jsonl", text_records())),),
-        output=str(tmp_path / "out"),
-        k=4,
-        max_steps=4,
-        save_steps=2,
-        logging_steps=1,
-        batch_size=4,
-        learning_rate=3e-3,
-        max_length=16,
-    )
-    values.update(overrides)
-    return PardTrainConfig(**values)
+config = train_config
 
 
 def test_train_saves_a_plain_hf_pard_draft(tmp_path):

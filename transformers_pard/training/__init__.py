@@ -6,20 +6,37 @@
     collator = PardDataCollator(mask_token_id=mask_id, k=8, cod_ratio=0.7, cod_min=0.2)
     PardTrainer(model=draft, args=args, train_dataset=examples, data_collator=collator).train()
 
-PARD-2 (a frozen target supplies features, CAT weights and the KD teacher): ``train_pard2_draft`` or
-``Pard2Trainer`` (see ``training/pard2.py``).
+One module per concern, each importing only those above it:
 
-Separate from the inference engine: nothing here is imported by ``transformers_pard`` itself.
+* ``collator``: the K-copy layout with COD (the literal mask in its docstring); ``data``: jsonl ->
+  tokenised examples; ``draft``: the mask token (``prepare_draft``) and PARD-2's projection
+  (``attach_pard2``);
+* ``config``: ``PardTrainConfig`` / ``Pard2Options`` (also the ``train`` CLI's flags) and the
+  ``TrainingArguments`` they give;
+* ``losses``: ``pard_loss``, ``cat_weights``, the chunked KD ``distill_kl``, ``pard2_loss``;
+* ``target_pass``: the frozen target's features, gold probabilities and logits (PARD-2);
+  ``target_cache``: the same, precomputed to disk; ``subset``: a vocabulary-subset head's loss;
+* ``trainers``: ``PardTrainer``, ``Pard2Trainer``; ``run``: ``train_draft`` end to end;
+* ``evaluate``: tau, by the engine (``measure_tau``) or teacher-forced (``teacher_forced_tau``).
+
+Separate from the inference engine: nothing in ``transformers_pard`` itself imports this package.
+(``training.trainer`` and ``training.pard2`` are deprecated aliases of the old layout.)
 """
 
 from .collator import IGNORE_INDEX, PardDataCollator, PardLayoutConfig, cod_keep_positions, layout_attention
+from .config import CACHE_DTYPES, DEFAULT_LAYERS, Pard2Options, PardTrainConfig, optimizer_args, training_arguments
 from .data import load_prompts, load_training_examples, tokenize_record
-from .draft import MASK_TOKEN_NAME, PreparedDraft, prepare_draft
-from .evaluate import TauReport, TeacherForcedReport, measure_tau, teacher_forced_tau
-from .pard2 import Pard2Options, Pard2Trainer, attach_pard2, cat_weights, pard2_loss, train_pard2_draft
-from .trainer import PardTrainConfig, PardTrainer, pard_loss, train_draft, training_arguments
+from .draft import MASK_TOKEN_NAME, PreparedDraft, attach_pard2, prepare_draft
+from .evaluate import TauReport, TeacherForcedReport, greedy_sequences, measure_tau, teacher_forced_tau
+from .losses import cat_weights, distill_kl, pard2_loss, pard_loss
+from .run import setup_pard2, train_draft, train_pard2_draft
+from .subset import VocabSubset, subset_ids
+from .target_pass import TargetPass, run_target
+from .trainers import Pard2Trainer, PardTrainer
 
 __all__ = [
+    "CACHE_DTYPES",
+    "DEFAULT_LAYERS",
     "IGNORE_INDEX",
     "MASK_TOKEN_NAME",
     "PardDataCollator",
@@ -29,18 +46,26 @@ __all__ = [
     "Pard2Options",
     "Pard2Trainer",
     "PreparedDraft",
+    "TargetPass",
     "TauReport",
     "TeacherForcedReport",
+    "VocabSubset",
     "attach_pard2",
     "cat_weights",
     "cod_keep_positions",
+    "distill_kl",
+    "greedy_sequences",
     "layout_attention",
     "load_prompts",
     "load_training_examples",
     "measure_tau",
+    "optimizer_args",
     "pard2_loss",
     "pard_loss",
     "prepare_draft",
+    "run_target",
+    "setup_pard2",
+    "subset_ids",
     "teacher_forced_tau",
     "tokenize_record",
     "train_draft",

@@ -17,6 +17,9 @@ In cases 3-5 (and for an explicit token that had to be added) the row has never 
 input embedding (and, for an untied head, its output row) is set to the mean of the real rows.
 Nothing else changes: the model stays a plain HF causal LM whose config gains ``pard_token``,
 ``mask_token_id`` (both the mask id; vLLM and TensorRT-LLM read these) and ``spd_type = "pard"``.
+
+A PARD-2 draft-to-be gets its target projection from ``attach_pard2`` (zero-initialised, config keys
+written); ``freeze_all_but_projection`` leaves only that projection trainable.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import NamedTuple
 import torch
 
 from ..draft_config import mask_token_id as declared_mask_token_id
+from ..pard2 import PROJ_PREFIX, Pard2Config, make_projection
+from .config import Pard2Options
 
 #: The token string added when the vocabulary offers no reserved token.
 MASK_TOKEN_NAME = "<|pard_mask|>"
@@ -149,3 +154,32 @@ def prepare_draft(model, tokenizer, *, mask_token: str | int | None = None) -> P
         init_rows_to_mean(model, token_id, real_rows=real_rows)
     record_mask_token(model.config, token_id)
     return PreparedDraft(model, tokenizer, token_id, source)
+
+
+def attach_pard2(draft, options: Pard2Options, *, target_dim: int) -> Pard2Config:
+    """Write the PARD-2 config keys into ``draft.config`` and attach a zero ``draft.target_proj``.
+
+    Zero init: the untrained projection adds nothing, so training starts from the PARD-1 draft and
+    both modes agree; the gradient of the weight (``scale * dL/d embed x feature``) does not depend
+    on its value, so it still learns.
+    """
+    config = draft.config
+    config.spd_type = "pard2"
+    config.pard2 = True
+    config.pard2_scale = float(options.scale)
+    config.pard2_target_dim = int(target_dim)
+    config.pard2_target_layers = list(options.layers)
+    config.pard2_proj_bias = bool(options.proj_bias or options.standardize)
+    pard2 = Pard2Config.from_model_config(config)
+    proj = make_projection(draft, pard2)
+    with torch.no_grad():
+        for param in proj.parameters():
+            param.zero_()
+    return pard2
+
+
+def freeze_all_but_projection(draft) -> None:
+    """``requires_grad`` only on ``target_proj``: the optimizer (built later by the Trainer from the
+    parameters that require grad) then trains the projection alone."""
+    for name, param in draft.named_parameters():
+        param.requires_grad_(name.startswith(PROJ_PREFIX))

@@ -6,7 +6,11 @@ gets its own tau; the overall tau is committed tokens / rounds over all prompts.
 
 ``teacher_forced_tau`` is the fast proxy used while tuning a training run: no generation, one target
 forward and one draft forward (the K-copy layout, every row kept) per sequence of target-greedy text;
-a round is imagined to start at every answer position.
+a round is imagined to start at every answer position; ``greedy_sequences`` writes such text.
+
+Only the engine's public surface is used: ``generate(..., pard_draft=, return_dict_in_generate=True)``
+and its ``pard_stats``; the draft's PARD-2 mode is decided by the engine's resolver
+(``drafting.resolve_pard2``) and a vocabulary-subset draft drafts from its subset, as in ``generate``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,24 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import PardGenerationMixin, enable_pard
+from ..draft_config import mask_token_id
+from ..drafting import resolve_pard2
+from ..pard2 import draft_inputs_embeds, target_features
+from ..vocab import vocab_subset
+from .collator import PardLayoutConfig, build_example, collate_examples, cod_keep_positions
 from .data import load_prompts
+from .target_pass import row_features
 
-__all__ = ["TauReport", "TeacherForcedReport", "load_prompts", "measure_tau", "prompt_ids", "teacher_forced_tau"]
+__all__ = [
+    "TauReport",
+    "TeacherForcedReport",
+    "greedy_sequences",
+    "load_prompts",
+    "measure_tau",
+    "prompt_ids",
+    "teacher_forced_tau",
+]
 
 
 @dataclass(frozen=True)
@@ -68,8 +87,6 @@ def measure_tau(
 
     ``target`` is PARD-enabled in place if it is not already (``transformers_pard.enable_pard``).
     """
-    from transformers_pard import PardGenerationMixin, enable_pard
-
     if k < 1:
         raise ValueError(f"K must be >= 1, got {k}.")
     if not prompts:
@@ -129,13 +146,9 @@ def draft_layout_tokens(target, draft, input_ids: torch.Tensor, k: int, pard2) -
 
     ``draft_tokens[j, t]`` is the draft's choice at copy j, position t (real prefix ``x_0..x_{t-j}``, then
     j masks), i.e. draft token j+1 of a round whose last real token is ``x_{t-j}``; -1 where t < j.
-    ``pard2``: a ``Pard2Config`` for target-dependent mode, else None.
+    ``pard2``: a ``Pard2Config`` for target-dependent mode, else None. A vocabulary-subset draft
+    chooses among its subset's ids only (``vocab.vocab_subset``).
     """
-    from ..draft_config import mask_token_id
-    from ..pard2 import draft_inputs_embeds, target_features
-    from .collator import PardLayoutConfig, build_example, collate_examples, cod_keep_positions
-    from .pard2 import row_features
-
     length = input_ids.numel()
     out = target(input_ids[None], output_hidden_states=pard2 is not None)
     greedy = out.logits[0].argmax(-1)  # (L,) the target's token after x_0..x_t
@@ -152,8 +165,14 @@ def draft_layout_tokens(target, draft, input_ids: torch.Tensor, k: int, pard2) -
     logits = draft(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits[0]  # (N, V)
     draft_tokens = torch.full((k, length), -1, dtype=torch.long, device=input_ids.device)  # (K, L)
-    draft_tokens[batch["copy_ids"][0], batch["position_ids"][0]] = logits.argmax(-1)
+    draft_tokens[batch["copy_ids"][0], batch["position_ids"][0]] = draft_choice(draft, logits)
     return greedy, draft_tokens
+
+
+def draft_choice(draft, logits: torch.Tensor) -> torch.Tensor:
+    """The draft's greedy token of each row of ``logits`` (N, V): (N,), within its vocabulary subset if any."""
+    ids = vocab_subset(draft)
+    return logits.argmax(-1) if ids is None else ids[logits[:, ids].argmax(-1)]
 
 
 def accepted_lengths(input_ids: torch.Tensor, greedy: torch.Tensor, draft_tokens: torch.Tensor, start: int) -> list[int]:
@@ -188,13 +207,11 @@ def teacher_forced_tau(
             text works as context, but a chain stops where the text leaves the target's greedy path.
         pard_mode: PARD-2 drafts: "dependent" / "independent" (None: as ``generate`` would choose).
     """
-    from ..generation import resolve_pard2_mode
-
     if k < 1:
         raise ValueError(f"K must be >= 1, got {k}.")
     if not sequences:
         raise ValueError("teacher_forced_tau needs at least one sequence.")
-    pard2 = resolve_pard2_mode(target, draft, pard_mode)
+    pard2 = resolve_pard2(target, draft, pard_mode)
     device = next(target.parameters()).device
     lengths, hits = [], [0] * k
     for ids, start in sequences:
@@ -208,3 +225,17 @@ def teacher_forced_tau(
     rounds = max(len(lengths), 1)
     accuracy = tuple(hits[j] / max(sum(n >= j for n in lengths), 1) for j in range(k))
     return TeacherForcedReport(k=k, mean_tau=1 + sum(lengths) / rounds, accuracy=accuracy, positions=len(lengths))
+
+
+def greedy_sequences(
+    target, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, chat_template: bool = True
+) -> list[tuple[list[int], int]]:
+    """``(prompt + the target's greedy answer, answer start)`` for each prompt, one at a time: the
+    sequences ``teacher_forced_tau`` reads."""
+    device = next(target.parameters()).device
+    sequences = []
+    for prompt in prompts:
+        ids = prompt_ids(tokenizer, prompt, chat_template=chat_template).to(device)  # (1, P)
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+        sequences.append((out[0].tolist(), ids.shape[1]))
+    return sequences

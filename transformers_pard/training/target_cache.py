@@ -1,6 +1,6 @@
 """PARD-2 target passes precomputed to disk: the frozen target runs once per example, not once per epoch.
 
-A PARD-2 step needs three things from the target for every real sequence of the batch (``pard2.TargetPass``):
+A PARD-2 step needs three things from the target for every real sequence of the batch (``target_pass.TargetPass``):
 the features of ``pard2_target_layers``, the gold-token probabilities (CAT weights) and, for KD, the
 logits. None of them changes during training, so for a run of several epochs this module computes
 them once and the trainer reads them back:
@@ -31,7 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .pard2 import CACHE_DTYPES, TargetPass, pad_right, run_target
+from .config import CACHE_DTYPES
+from .target_pass import TargetPass, pad_right, run_target
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,35 @@ def _storable(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return stored
 
 
+def _unique_sequences(examples: Sequence[Mapping], max_length: int | None) -> list[tuple[str, torch.Tensor]]:
+    """(key, ids truncated to ``max_length``) of every distinct real sequence, in first-seen order."""
+    sequences = {}
+    for example in examples:
+        ids = torch.as_tensor(example["input_ids"], dtype=torch.long)[:max_length]
+        sequences.setdefault(sequence_key(ids), ids)
+    return list(sequences.items())
+
+
+class _ShardWriter:
+    """Collects per-sequence tensors into ``shard-NNNNN.safetensors`` files of ``SHARD_EXAMPLES`` each."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.tensors, self.index, self.in_shard, self.entries = folder, {}, 0, 0, {}
+
+    def add(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        length = next(iter(tensors.values())).shape[0]
+        self.tensors.update({f"{key}.{name}": value.clone() for name, value in tensors.items()})
+        self.entries[key] = {"shard": self.index, "length": length}
+        self.in_shard += 1
+        if self.in_shard >= SHARD_EXAMPLES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.tensors:
+            save_file(self.tensors, str(self.folder / f"shard-{self.index:05d}.safetensors"))
+            self.tensors, self.index, self.in_shard = {}, self.index + 1, 0
+
+
 def build_target_cache(
     target,
     examples: Sequence[Mapping],
@@ -112,64 +142,34 @@ def build_target_cache(
     interrupted build leaves a folder that ``TargetCache`` refuses and that the next build overwrites."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"Target cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}.")
-    store = STORAGE_DTYPES[dtype]
-    layers = tuple(int(layer) for layer in layers)
-    folder = Path(folder)
+    store, layers, folder = STORAGE_DTYPES[dtype], tuple(int(layer) for layer in layers), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
     device = next(target.parameters()).device
     hidden = target.config.get_text_config().hidden_size
-    last_column = _last_layer_column(layers, hidden)
+    store_last = _last_layer_column(layers, hidden) is None
     # one target pass gives the last hidden state too: appended to the layers when they lack it
-    passed_layers = layers if last_column is not None else layers + (-1,)
-    width = hidden * len(layers)
-    last_in_pass = _last_layer_column(passed_layers, hidden)
-    sequences, seen = [], set()
-    for example in examples:
-        ids = torch.as_tensor(example["input_ids"], dtype=torch.long)[:max_length]
-        key = sequence_key(ids)
-        if key not in seen:
-            seen.add(key)
-            sequences.append((key, ids))
-    entries, shard, shard_index, in_shard, head_ok = {}, {}, 0, 0, None
-
-    def flush():
-        nonlocal shard, shard_index, in_shard
-        if shard:
-            save_file(shard, str(folder / f"shard-{shard_index:05d}.safetensors"))
-            shard, shard_index, in_shard = {}, shard_index + 1, 0
-
+    passed_layers = layers + (-1,) if store_last else layers
+    last_in_pass, width = _last_layer_column(passed_layers, hidden), hidden * len(layers)
+    sequences, writer, head_ok = _unique_sequences(examples, max_length), _ShardWriter(folder), None
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        ids, mask = pad_right([s for _, s in chunk], device)  # (B, L)
-        out = run_target(target, ids, mask, passed_layers)
+        out = run_target(target, *pad_right([s for _, s in chunk], device), passed_layers)  # (B, L, ...)
         last = out.features[..., last_in_pass]  # (B, L, H)
-        if head_ok is None:
-            head_ok = head_reproduces_logits(target, last, out.logits)
+        head_ok = head_reproduces_logits(target, last, out.logits) if head_ok is None else head_ok
         features = _storable(out.features[..., :width], store).cpu()  # (B, L, D)
-        last = _storable(last, store).cpu() if last_column is None and head_ok else None  # (B, L, H)
+        last = _storable(last, store).cpu() if store_last and head_ok else None  # (B, L, H)
+        gold = out.gold.to(device="cpu", dtype=torch.float32)  # (B, L)
         for b, (key, sequence) in enumerate(chunk):
             n = sequence.numel()
-            shard[f"{key}.features"] = features[b, :n].clone()  # (L, D)
-            shard[f"{key}.gold"] = out.gold[b, :n].to(device="cpu", dtype=torch.float32).clone()  # (L,)
-            if last is not None:
-                shard[f"{key}.last"] = last[b, :n].clone()  # (L, H)
-            entries[key] = {"shard": shard_index, "length": n}
-            in_shard += 1
-        if in_shard >= SHARD_EXAMPLES:
-            flush()
-    flush()
-    manifest = {
-        "format": FORMAT,
-        "layers": list(layers),
-        "dtype": dtype,
-        "max_length": max_length,
-        "target": target_fingerprint(target),
-        "logits_from_last_hidden": bool(head_ok),
-        "examples": entries,
-    }
+            stored = {"features": features[b, :n], "gold": gold[b, :n]}  # (L, D), (L,)
+            writer.add(key, stored if last is None else {**stored, "last": last[b, :n]})  # + (L, H)
+    writer.flush()
+    manifest = {"format": FORMAT, "layers": list(layers), "dtype": dtype, "max_length": max_length,
+                "target": target_fingerprint(target), "logits_from_last_hidden": bool(head_ok),
+                "examples": writer.entries}
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    logger.info("Target cache: %d sequences in %s.", len(entries), folder)
+    logger.info("Target cache: %d sequences in %s.", len(writer.entries), folder)
     return folder
 
 

@@ -1,0 +1,224 @@
+"""Per-slot top-k accuracy of a PARD draft, teacher-forced on the target's own greedy answers (issue 21).
+
+    python benchmarks/slot_topk.py --draft transformers_pard/assets/smollm2-pard-k8 --limit 40 \\
+        --max-new-tokens 128 --k 8 --topk 8
+
+table[i][r] = share of round starts p (every answer position) where the target's token for draft
+slot i+1 is among the draft's top-(r+1) tokens of that slot: unconditional per slot (slot i counts
+whether or not the slots before it were right), which is what a tree branching under every slot needs.
+
+How: the target answers every prompt greedily (batched ``generate``); one target forward over
+prompt + answer gives its choice after every prefix; one draft forward over PARD's K-copy training
+layout (``training.collator``), restricted to the answer, gives every slot of every round at once:
+copy j at position t = real prefix ``x_0..x_{t-j}`` + j masks = draft slot j+1 of the round whose last
+real token is ``x_{t-j}``, and the target's token there is its argmax after ``x_0..x_t``.
+
+Prompts: ``--prompts FILE.jsonl`` (``{"data": ...}`` records) or, by default, the held-out split of the
+SmolLM2 recipe (``build_prompt_records``, shuffled as the recipe's data stage does). Never the
+benchmark prompts. Writes JSON: the table, positions per slot, and the static tree shapes
+(``transformers_pard.tree.static_shape``) for budgets 16/32/64 with their estimated tau.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+
+import torch
+import transformers
+
+import transformers_pard
+from transformers_pard.draft_io import load_draft
+from transformers_pard.drafting import Pard2Inputs, resolve_draft
+from transformers_pard.pard2 import draft_inputs_embeds, target_features
+from transformers_pard.training.collator import build_example, collate_examples
+from transformers_pard.training.data import load_prompts
+from transformers_pard.training.evaluate import prompt_ids
+from transformers_pard.tree import static_shape
+
+try:  # the applications are moving under transformers_pard.apps
+    from transformers_pard.apps.embedded import load_smollm2
+except ImportError:
+    from transformers_pard.embedded import load_smollm2
+try:  # training.pard2 is being split; row_features lands in training.target_pass
+    from transformers_pard.training.target_pass import row_features
+except ImportError:
+    from transformers_pard.training.pard2 import row_features
+try:
+    from transformers_pard.apps.recipes.prompts import build_prompt_records
+except ImportError:
+    from transformers_pard.recipes.prompts import build_prompt_records
+
+DEFAULT_DRAFT = os.path.join(os.path.dirname(transformers_pard.__file__), "assets", "smollm2-pard-k8")
+BUDGETS = (16, 32, 64)
+
+
+def heldout_prompts(limit: int, *, num_prompts: int, heldout: int, seed: int) -> list[str]:
+    """The first ``limit`` held-out prompts of the recipe's split (``recipes.smollm2.data_stage``)."""
+    records = build_prompt_records(num_prompts + heldout, seed=seed)
+    random.Random(seed).shuffle(records)
+    return [prompt for _, prompt in records[:heldout]][:limit]
+
+
+def refuse_benchmark_prompts(path: str) -> None:
+    if os.sep + os.path.join("shared", "bench") + os.sep in os.path.realpath(path):
+        raise SystemExit(f"{path} is a benchmark prompt file: measure the draft on held-out prompts instead.")
+
+
+@torch.no_grad()
+def greedy_answers(target, tokenizer, prompts, *, max_new_tokens: int, batch_size: int) -> list[tuple[list[int], int]]:
+    """(prompt + the target's greedy answer up to its first EOS, answer start), in batches (left padding)."""
+    eos = target.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
+    out = []
+    for first in range(0, len(prompts), batch_size):
+        ids = [prompt_ids(tokenizer, p, chat_template=True)[0].tolist() for p in prompts[first:first + batch_size]]
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])  # (b, P) left-padded
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])  # (b, P)
+        generated = target.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=pad)[:, width:].tolist()  # (b, <= max_new)
+        for row, answer in zip(ids, generated):
+            end = next((i + 1 for i, token in enumerate(answer) if token in eos), len(answer))
+            out.append((row + answer[:end], len(row)))
+    return out
+
+
+def answer_layout(input_ids: torch.Tensor, start: int, k: int, mask_token_id: int) -> dict[str, torch.Tensor]:
+    """The K-copy layout of one sequence (L,): copy 0 whole, copy j >= 1 only at answer positions
+    ``start-1+j .. L-2`` (rows that are some round's slot j+1 with a known next token)."""
+    length = input_ids.numel()
+    keep = [torch.arange(length)] + [torch.arange(start - 1 + j, length - 1) for j in range(1, k)]
+    example = build_example(input_ids, input_ids, keep=keep, mask_token_id=mask_token_id)
+    return collate_examples([example], pad_token_id=0)
+
+
+@torch.no_grad()
+def slot_hits(target, drafter, sequence: list[int], start: int, *, k: int, topk: int):
+    """Counts for one sequence: hits (K, R) -- target token within the draft's top-(r+1) at slot i+1 --
+    and positions (K,) counted per slot."""
+    input_ids = torch.tensor(sequence)  # (L,)
+    pard2 = drafter.inputs.config if isinstance(drafter.inputs, Pard2Inputs) else None
+    out = target(input_ids[None], output_hidden_states=pard2 is not None)
+    choice = out.logits[0].argmax(-1)  # (L,) the target's token after x_0..x_t
+    batch = answer_layout(input_ids, start, k, drafter.spec.mask_token_id)
+    copy, position = batch["copy_ids"][0], batch["position_ids"][0]  # (N,) each
+    embeds = None
+    if pard2 is not None:
+        rows = row_features(target_features(out.hidden_states, pard2.target_layers), batch["copy_ids"],
+                            batch["position_ids"])  # (1, N, D)
+        embeds = draft_inputs_embeds(drafter.model, batch["input_ids"], rows, pard2.scale)  # (1, N, H)
+    logits = drafter.forward_module(input_ids=None if embeds is not None else batch["input_ids"], inputs_embeds=embeds,
+                                    attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
+    counted = (position >= start - 1 + copy) & (position <= input_ids.numel() - 2)  # (N,) answer rows only
+    top = drafter.to_target_vocab(logits)[0, counted].topk(topk, dim=-1).indices  # (n, R)
+    within = (top == choice[position[counted], None]).long().cumsum(1).clamp(max=1)  # (n, R) cumulative hit
+    hits = torch.zeros(k, topk, dtype=torch.long).index_add_(0, copy[counted], within)  # (K, R)
+    return hits, torch.bincount(copy[counted], minlength=k)  # (K, R), (K,)
+
+
+def estimated_tau(paths, share: list[list[float]]) -> float:
+    """1 + sum over nodes of the product of their rank shares (independent slots): Medusa's estimate."""
+    total = 0.0
+    for path in paths:
+        probability = 1.0
+        for depth, rank in enumerate(path):
+            probability *= share[depth][rank]
+        total += probability
+    return 1.0 + total
+
+
+def tree_shapes(table: torch.Tensor) -> dict:
+    """The static shape ``static_shape`` picks for each budget, and the chain's, with estimated tau."""
+    k, r = table.shape
+    share = torch.diff(table, dim=1, prepend=table.new_zeros(k, 1)).clamp(min=0).tolist()  # (K, R)
+    chain = [(0,) * d for d in range(1, k + 1)]
+    shapes = {"chain": {"nodes": k, "estimated_tau": estimated_tau(chain, share)}}
+    for budget in BUDGETS:
+        if budget <= sum(r**d for d in range(1, k + 1)):
+            paths = static_shape(table, budget).paths
+            depths = [sum(len(p) == d for p in paths) for d in range(1, k + 1)]
+            shapes[str(budget)] = {"nodes": budget, "estimated_tau": estimated_tau(paths, share),
+                                   "nodes_per_depth": depths, "paths": [list(p) for p in paths]}
+    return shapes
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--draft", default=DEFAULT_DRAFT, help="draft folder (default: the shipped SmolLM2 draft)")
+    parser.add_argument("--pard-mode", choices=("dependent", "independent"), default=None, help="PARD-2 drafts")
+    parser.add_argument("--prompts", default=None, help='JSONL of {"data": prompt} (default: recipe held-out)')
+    parser.add_argument("--limit", type=int, default=40, help="prompts to use")
+    parser.add_argument("--num-prompts", type=int, default=2000, help="recipe split: training prompts")
+    parser.add_argument("--heldout", type=int, default=40, help="recipe split: held-out prompts")
+    parser.add_argument("--seed", type=int, default=0, help="recipe split: seed")
+    parser.add_argument("--k", type=int, default=8, help="draft slots")
+    parser.add_argument("--topk", type=int, default=8, help="ranks in the table")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/slot-topk-<draft>.json)")
+    return parser.parse_args()
+
+
+def load_prompt_set(args) -> tuple[list[str], str]:
+    if args.prompts is not None:
+        refuse_benchmark_prompts(args.prompts)
+        return load_prompts(args.prompts)[: args.limit], args.prompts
+    source = f"recipe held-out split (num_prompts={args.num_prompts}, heldout={args.heldout}, seed={args.seed})"
+    return heldout_prompts(args.limit, num_prompts=args.num_prompts, heldout=args.heldout, seed=args.seed), source
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    prompts, source = load_prompt_set(args)
+    target, tokenizer = load_smollm2(dtype=torch.float32)
+    drafter = resolve_draft(target, load_draft(args.draft, target=target).eval(), pard_mode=args.pard_mode)
+    sequences = greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size)
+    answered = time.perf_counter()
+    hits, positions = torch.zeros(args.k, args.topk, dtype=torch.long), torch.zeros(args.k, dtype=torch.long)
+    for sequence, start in sequences:
+        row_hits, row_positions = slot_hits(target, drafter, sequence, start, k=args.k, topk=args.topk)
+        hits, positions = hits + row_hits, positions + row_positions
+    table = hits.double() / positions.clamp(min=1)[:, None].double()  # (K, R)
+    result = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "draft": args.draft, "pard_mode": args.pard_mode, "prompts": source, "num_prompts_used": len(prompts),
+        "max_new_tokens": args.max_new_tokens, "k": args.k, "topk": args.topk,
+        "answer_tokens": sum(len(s) - start for s, start in sequences),
+        "positions_per_slot": positions.tolist(),
+        "table": [[round(v, 4) for v in row] for row in table.tolist()],  # [slot][r]: within top-(r+1)
+        "tree_shapes": tree_shapes(table),
+        "seconds": {"answers": round(answered - started, 1), "total": round(time.perf_counter() - started, 1)},
+        "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "processor": platform.processor(), "threads": torch.get_num_threads()},
+    }
+    name = os.path.basename(os.path.normpath(args.draft))
+    out = args.out or os.path.join("benchmarks", "results", f"slot-topk-{name}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(table)
+    print(f"wrote {out}")
+
+
+def print_table(table: torch.Tensor) -> None:
+    k, r = table.shape
+    print("slot  " + " ".join(f"{i + 1:>5}" for i in range(k)))
+    for rank in sorted({0, min(2, r - 1), min(4, r - 1), r - 1}):
+        print(f"top-{rank + 1:<2}" + " ".join(f"{v:5.2f}" for v in table[:, rank].tolist()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Command line: ``python -m transformers_pard {demo,bench,plot,recipe,train}`` (also ``transformers-pard``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from .benchmark import METHODS, Runner, parse_methods, run_benchmark
+from .demo import demo
+from .models import (
+    ATTENTION,
+    DEFAULT_DRAFT,
+    DTYPES,
+    EMBEDDED_TARGET,
+    LoadSettings,
+    describe,
+    load_autoregressive_draft,
+    load_pard_draft,
+    load_target,
+)
+from .plot import render  # matplotlib itself is imported only to draw
+from .recipes import smollm2
+from .report import build_report, format_ideal, format_table, load_report, save_report
+from .train_cli import add_train_parser, run_train
+
+PROG = "python -m transformers_pard"
+#: The draft flag each method needs (methods absent here need no draft).
+DRAFT_FLAGS = {"assisted": "--ar-draft", "pard": "--draft", "pard-compiled": "--draft", "pard-tree": "--draft",
+               "pard-tree-compiled": "--draft",
+               "pard2": "--pard2-draft", "pard2-independent": "--pard2-draft"}
+
+
+def read_prompts(paths: list[str], limit: int) -> list[str]:
+    """The ``"data"`` of each jsonl line, the first ``limit`` of each file (0 = all)."""
+    prompts = []
+    for path in paths:
+        with open(path) as f:
+            lines = [json.loads(line)["data"] for line in f if line.strip()]
+        prompts += lines[:limit] if limit else lines
+    return prompts
+
+
+def check_drafts(args: argparse.Namespace, methods: list[str]) -> None:
+    """Refuse, before any model loads, a method whose draft flag is missing."""
+    for method in methods:
+        flag = DRAFT_FLAGS.get(method)
+        if flag is not None and getattr(args, flag[2:].replace("-", "_")) is None:
+            raise SystemExit(f"--methods {method} needs {flag} (a local folder or Hub id).")
+
+
+def load_drafts(args: argparse.Namespace, methods: list[str], target, settings: LoadSettings) -> dict:
+    """The drafts the methods use, keyed by ``Runner`` argument; the others are not loaded."""
+    needed = {DRAFT_FLAGS[m] for m in methods if m in DRAFT_FLAGS}
+    drafts = {}
+    if "--draft" in needed:
+        drafts["draft"] = load_pard_draft(args.draft, target, settings)
+    if "--ar-draft" in needed:
+        drafts["ar_draft"] = load_autoregressive_draft(args.ar_draft, target, settings)
+    if "--pard2-draft" in needed:
+        drafts["pard2_draft"] = load_pard_draft(args.pard2_draft, target, settings, flag="--pard2-draft")
+    return drafts
+
+
+def run_settings(args: argparse.Namespace, methods: list[str]) -> dict:
+    """What was asked for, as given on the command line."""
+    return {"target": args.target, "draft": args.draft, "ar_draft": args.ar_draft, "pard2_draft": args.pard2_draft,
+            "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+            "device": args.device, "attn": args.attn, "min_tau": args.min_tau, "phase_timing": args.phase_timing,
+            "tree_nodes": args.tree_nodes, "prompts": args.prompts, "limit": args.limit}
+
+
+def bench(args: argparse.Namespace) -> None:
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as err:
+        raise SystemExit(f"--methods: {err}") from None
+    check_drafts(args, methods)
+    prompts = read_prompts(args.prompts, args.limit)
+    settings = LoadSettings(device=args.device, dtype=args.dtype, attn=args.attn)
+    target, tokenizer = load_target(args.target, settings)
+    drafts = load_drafts(args, methods, target, settings)
+    runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
+                    min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes)
+    results = run_benchmark(runner, prompts, methods,
+                            progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
+    print()
+    device = next(target.parameters()).device
+    report = build_report(results, device=device, settings=run_settings(args, methods), command=args.command_line)
+    report["models"] = {"target": describe(args.target, target, embedded=EMBEDDED_TARGET)}
+    report["models"].update({name: describe(getattr(args, name), model, embedded=DEFAULT_DRAFT)
+                             for name, model in drafts.items()})
+    print(format_table(report))
+    print("\n".join(format_ideal(report)))
+    print("warm-up (one call per method, torch.compile included) excluded from every timing")
+    if args.json:
+        save_report(report, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        render(report, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def plot(args: argparse.Namespace) -> None:
+    try:
+        report = load_report(args.report)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    render(report, args.out)
+    print(f"wrote {args.out}")
+
+
+def recipe(args: argparse.Namespace) -> None:
+    stages = ["data", "instruct", "train", "eval", "export"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        print(f"== recipe smollm2: {stage}")
+        smollm2.run_stage(stage, args)
+
+
+def optional_float(text: str) -> float | None:
+    """A float, or "none" for None."""
+    return None if text.lower() == "none" else float(text)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--target`` / ``--draft`` / ``--device`` / ``--dtype`` / ``--attn``, shared by demo and bench."""
+    p.add_argument("--target", default=EMBEDDED_TARGET,
+                   help=f"'{EMBEDDED_TARGET}' (the embedded GGUF, default), a local folder or a Hub id")
+    p.add_argument("--draft", default=DEFAULT_DRAFT, help="PARD draft: a local folder (default: the shipped one) "
+                   "or a Hub id")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="auto = bf16 where native, else fp32")
+    p.add_argument("--attn", choices=ATTENTION, default="sdpa", help="attention implementation")
+    p.add_argument("--k", type=int, default=8, help="draft tokens per round")
+    p.add_argument("--tree-nodes", type=int, default=24, help="pard-tree methods: token-tree nodes verified per round")
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="plain generate vs PARD on three built-in prompts (offline by default)")
+    add_model_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--compile", action="store_true", help="enable_pard(target, compile=True)")
+    p.set_defaults(func=demo)
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark plain / AR+ / assisted / lookup / PARD on prompt files")
+    add_model_arguments(p)
+    p.add_argument("--ar-draft", default=None, help="autoregressive draft for HF assisted generation")
+    p.add_argument("--pard2-draft", default=None, help="PARD-2 draft for the pard2 / pard2-independent methods")
+    p.add_argument("--prompts", nargs="+", required=True, help='jsonl files with {"data": ...} lines')
+    p.add_argument("--limit", type=int, default=20, help="first N prompts of each file (0 = all)")
+    p.add_argument("--methods", default="plain,ar-plus,pard,pard-compiled", help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--min-tau", type=optional_float, default=None,
+                   help="pard_min_tau of the PARD methods (default none: drafting never switches off, so every "
+                        "round drafts; 1.3 = the library default)")
+    p.add_argument("--no-phase-timing", dest="phase_timing", action="store_false",
+                   help="do not ask the engine for per-phase times (pard_timing)")
+    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--plot", default=None, help="draw the report to this PNG (needs matplotlib)")
+    p.set_defaults(func=bench)
+
+
+def add_plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="draw a report written by bench --json (tokens/s, accepted lengths, phases)")
+    p.add_argument("report", help="a bench --json file, e.g. benchmarks/results/*.json")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=plot)
+
+
+def add_recipe_parser(sub) -> None:
+    p = sub.add_parser("recipe", help="train the SmolLM2 PARD draft (resumable stages)")
+    p.add_argument("model", choices=["smollm2"])
+    smollm2.add_recipe_arguments(p)
+    p.set_defaults(func=recipe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(sub)
+    add_bench_parser(sub)
+    add_plot_parser(sub)
+    add_recipe_parser(sub)
+    add_train_parser(sub).set_defaults(func=run_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = f"{PROG} {shlex.join(argv)}"
+    args.func(args)

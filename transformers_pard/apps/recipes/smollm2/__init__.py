@@ -1,0 +1,77 @@
+"""The SmolLM2-135M-Instruct recipe: our own prompts -> self-distilled answers -> a PARD draft.
+
+Stages, one module each (each resumable; all of them: ``python -m transformers_pard recipe smollm2``):
+
+1. ``data``  -- our template prompts, the target's answers, a held-out split for tau;
+2. ``train`` -- draft = the target's first ``num_layers`` layers + its frozen embedding, PARD (or
+   PARD-2) training with COD; the run's ``TrainSettings`` recorded in ``recipe.json``;
+3. ``evaluate`` (stage ``eval``) -- tau of the draft against the target on the held-out prompts;
+4. ``export`` -- the compact bf16 draft folder shipped with the package, with its model card.
+
+``common`` holds what they share. The command's flags are the fields of ``common.RecipeOptions`` and
+``common.TrainSettings`` (``recipe_flags``, transformers' ``HfArgumentParser``); ``run_stage`` runs one
+stage of a parsed command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from transformers import HfArgumentParser
+
+from ...train_cli import flag_dataclass, flag_values
+from .common import (
+    DATA_FILE,
+    HELDOUT_FILE,
+    MASK_TOKEN,
+    PARD2_LAYERS,
+    PARD2_SCALE,
+    RECIPE_FILE,
+    RecipeOptions,
+    TrainSettings,
+    run_dir_name,
+    use_bf16,
+)
+from .data import data_stage, instruct_stage
+from .evaluate import eval_stage
+from .export import export_stage, model_card, recipe_commands
+from .train import FreezeEmbeddingExceptMask, build_cut_draft, full_draft_folder, hidden_state_stats, train_config
+from .train import train_stage
+
+__all__ = [
+    "DATA_FILE", "HELDOUT_FILE", "MASK_TOKEN", "PARD2_LAYERS", "PARD2_SCALE", "RECIPE_FILE", "FreezeEmbeddingExceptMask",
+    "RecipeOptions", "TrainSettings", "add_recipe_arguments", "build_cut_draft", "data_stage", "eval_stage",
+    "export_stage", "full_draft_folder", "hidden_state_stats", "model_card", "recipe_commands", "recipe_flags",
+    "run_dir_name", "run_stage", "train_config", "train_stage",
+]
+
+
+def recipe_flags() -> HfArgumentParser:
+    """The recipe's flags as a parent parser (``parents=[recipe_flags()]``)."""
+    return HfArgumentParser([flag_dataclass(RecipeOptions), flag_dataclass(TrainSettings)], add_help=False)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the recipe's flags to ``parser``: what ``argparse``'s ``parents=[recipe_flags()]`` does."""
+    flags = recipe_flags()
+    parser._add_container_actions(flags)
+    parser.set_defaults(**flags._defaults)
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> None:
+    """Run one stage ("data", "train", "eval" or "export") of a parsed ``recipe`` command line."""
+    settings = TrainSettings(**flag_values(TrainSettings, args))
+    run = dict(k=settings.k, num_layers=settings.num_layers, pard2=settings.pard2, run_name=settings.run_name)
+    if stage == "data":
+        data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1, train_prompts=args.train_prompts,
+                   seed=settings.seed, dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
+    elif stage == "instruct":
+        instruct_stage(args.out, num_questions=args.num_questions, seed=settings.seed,
+                       dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
+    elif stage == "train":
+        train_stage(args.out, settings=settings)
+    elif stage == "eval":
+        eval_stage(args.out, **run)
+    else:
+        print(export_stage(args.out, export_dir=args.export_dir, **run))

@@ -1,0 +1,144 @@
+"""What the SmolLM2 recipe's stages share: file names, the run folder, and the settings dataclasses.
+
+``RecipeOptions`` and ``TrainSettings`` are the ``recipe smollm2`` command's flags (``HfArgumentParser``,
+see ``apps.train_cli.flag_dataclass``). A train run's record ``recipe.json`` is
+``dataclasses.asdict(TrainSettings)`` of the settings it used, read back by ``export.recipe_commands``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ....hardware import bf16_is_fast
+from ..self_instruct import INSTRUCT_FILE
+
+DATA_FILE = "distill.jsonl"
+#: Every training file the train stage reads when present: the data stage's and the instruct stage's.
+TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE)
+HELDOUT_FILE = "heldout_prompts.jsonl"
+RECIPE_FILE = "recipe.json"  # the train-stage settings of a run, quoted by its model card
+MASK_TOKEN = "<empty_output>"  # a special token SmolLM2's chat data never uses: the PARD mask
+STAGES = ("data", "instruct", "train", "eval", "export", "all")
+DTYPES = ("auto", "fp32", "bf16")
+
+#: SmolLM2's PARD-2 features: the final (normed) hidden state and layer 11's output. The published
+#: drafts' (-1, -8, -16, -24) are a poor fit here: from layer 12 on, SmolLM2 puts massive activations
+#: (|h| ~ 25,000, rms ~ 100) on the first token, layer 3-8 outputs ~ 660 there, while layer 11 and
+#: the final norm stay small (rms 6 and 2) everywhere. Measured with ``train.hidden_state_stats``.
+PARD2_LAYERS = (-1, -20)
+#: The feature term's scale: with a zero-initialised projection and Adam, the term grows by about
+#: ``scale * lr`` per weight per step, so this is the projection's learning-rate multiplier. 0.1 (vs the
+#: published 0.02) lets a few hundred CPU steps bring it to the size of the token embeddings.
+PARD2_SCALE = 0.1
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The recipe's flags outside the train settings: which stage, where, how much data."""
+
+    stage: str = field(default="all", metadata=_help("stage to run", choices=STAGES))
+    out: str = field(default="runs/smollm2", metadata=_help("working folder (data, checkpoints)"))
+    num_prompts: int = field(default=2000, metadata=_help("data stage: training prompts"))
+    train_prompts: int | None = field(default=None, metadata=_help(
+        "data stage: answer only the first N training prompts (held-out split unchanged)"))
+    export_dir: str | None = field(default=None, metadata=_help("export stage: output folder"))
+    num_questions: int = field(default=1280, metadata=_help(
+        "instruct stage: requests the target writes itself (math, code, questions), then answers"))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The train stage's settings; ``k``, ``num_layers``, ``pard2``, ``run_name`` also name the run the
+    eval / export stages read. ``metadata["quote"]`` tells ``recipe_commands`` when a field is quoted:
+    "always", "pard2" (whenever ``pard2`` is set), else only where it differs from the default."""
+
+    k: int = field(default=8, metadata=_help("K copies (1 = the autoregressive baseline draft)", quote="always"))
+    num_layers: int = field(default=3, metadata=_help("draft = the target's first N layers", quote="always"))
+    epochs: float = field(default=1.0, metadata=_help("training epochs"))
+    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (overrides epochs)"))
+    lr: float = field(default=3e-4, metadata=_help("peak learning rate (cosine schedule)"))
+    warmup_steps: int = field(default=20, metadata=_help("learning-rate warm-up steps"))
+    init_from: str | None = field(default=None, metadata=_help("start training from this draft folder"))
+    run_name: str | None = field(default=None, metadata=_help(
+        "run folder under --out (default draft-k{K}-l{layers}[-pard2]); e.g. a continued run"))
+    optim: str | None = field(default=None, metadata=_help(
+        "train stage: TrainingArguments.optim (e.g. sgd); unset: AdamW"))
+    optim_args: str | None = field(default=None, metadata=_help(
+        "train stage: TrainingArguments.optim_args (momentum=0.9)"))
+    pard2: bool = field(default=False, metadata=_help("PARD-2 (CAT + KD + target features) draft"))
+    pard2_layers: tuple[int, ...] = field(default=PARD2_LAYERS, metadata=_help(
+        "target hidden states for PARD-2 features", metavar="I", quote="pard2"))
+    pard2_scale: float = field(default=PARD2_SCALE, metadata=_help("scale of the PARD-2 feature term", quote="pard2"))
+    pard2_standardize: bool = field(default=False, metadata=_help(
+        "train target_proj on standardized features (stored folded, with a bias)"))
+    pard2_projection_only: bool = field(default=False, metadata=_help(
+        "train target_proj alone, the draft's weights as loaded (e.g. --init-from a PARD-1 draft)"))
+    pard2_cache: str | None = field(default=None, metadata=_help(
+        "train stage: precomputed target passes (built here on first use, then read every epoch)", metavar="DIR"))
+    vocab_subset: int | None = field(default=None, metadata=_help(
+        "train stage: a vocabulary-subset head over the N most frequent answer tokens", metavar="N"))
+    freeze_mask_row: bool = field(default=False, metadata=_help(
+        "train stage: keep the mask row too (a draft whose mask row is trained; faster)"))
+    dtype: str = field(default="auto", metadata=_help(
+        "data answers / training precision; auto = bf16 where native (CUDA, AVX512-BF16, AMX)", choices=DTYPES))
+    batch_size: int = field(default=4, metadata=_help("train stage: samples per step"))
+    grad_accum: int = field(default=2, metadata=_help("train stage: gradient accumulation steps"))
+    max_length: int = field(default=320, metadata=_help("train stage: real tokens per sample"))
+    cod_ratio: float = field(default=0.7, metadata=_help("train stage: COD keep ratio r"))
+    cod_min: float = field(default=0.2, metadata=_help("train stage: COD floor r_min"))
+    seed: int = field(default=0, metadata=_help("seed of the data stage and of training"))
+
+    def __post_init__(self):
+        object.__setattr__(self, "pard2_layers", tuple(int(layer) for layer in self.pard2_layers))
+        if self.pard2_projection_only and not self.pard2:
+            raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2.")
+        if self.pard2_cache and not self.pard2:
+            raise ValueError("--pard2-cache holds a PARD-2 target's passes: add --pard2.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+
+    def run_dir(self, out_dir: str) -> str:
+        """The run's folder under ``out_dir``."""
+        return os.path.join(out_dir, self.run_name or run_dir_name(self.k, self.num_layers, self.pard2))
+
+
+def run_dir_name(k: int, num_layers: int, pard2: bool = False) -> str:
+    return f"draft-k{k}-l{num_layers}" + ("-pard2" if pard2 else "")
+
+
+def training_files(out_dir: str) -> tuple[str, ...]:
+    """The ``TRAINING_FILES`` present under ``out_dir`` (refused when there is none)."""
+    found = tuple(os.path.join(out_dir, name) for name in TRAINING_FILES if os.path.exists(os.path.join(out_dir, name)))
+    if not found:
+        raise FileNotFoundError(f"No training data in {out_dir}: run the data and/or instruct stage first "
+                                f"(they write {' / '.join(TRAINING_FILES)}).")
+    return found
+
+
+def use_bf16(choice: str) -> bool:
+    """``--dtype``: "bf16" / "fp32", or for "auto" whether bf16 is native on this machine."""
+    return bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice == "bf16"
+
+
+def write_record(run_dir: str, settings: TrainSettings) -> None:
+    """The run record: the settings as a JSON object."""
+    with open(os.path.join(run_dir, RECIPE_FILE), "w") as f:
+        json.dump(dataclasses.asdict(settings), f, indent=2)
+
+
+def read_record(run_dir: str) -> dict | None:
+    """A run's record (older runs' records hold a subset of the fields), or None if it has none."""
+    path = os.path.join(run_dir, RECIPE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

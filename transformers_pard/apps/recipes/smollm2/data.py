@@ -1,0 +1,53 @@
+"""Stage 1, ``data``: ``build_prompts`` (templates, not the benchmark prompts), greedy answers of the
+target for every prompt plus sampled answers for the non-arithmetic ones; a held-out split for tau.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import torch
+
+from ....hardware import fast_dtype
+from ...embedded import load_smollm2
+from ..distill import distill
+from ..prompts import build_prompt_records
+from ..self_instruct import self_instruct_stage
+from .common import DATA_FILE, HELDOUT_FILE
+
+
+def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
+               batch_size: int = 48, max_new_tokens: int = 128, seed: int = 0, train_prompts: int | None = None,
+               dtype: torch.dtype | None = None) -> str:
+    """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path.
+
+    ``train_prompts`` answers only the first N training prompts (the split, and so the held-out prompts,
+    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is native
+    (``hardware.fast_dtype``), else fp32.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    records = build_prompt_records(num_prompts + heldout, seed=seed)
+    random.Random(seed).shuffle(records)
+    held, train = records[:heldout], records[heldout:][:train_prompts]
+    with open(os.path.join(out_dir, HELDOUT_FILE), "w") as f:
+        for _, prompt in held:
+            f.write(json.dumps({"data": prompt}) + "\n")
+    jobs = [(f"g{i}", prompt, False) for i, (_, prompt) in enumerate(train)]
+    for r in range(sampled_repeats):  # more answers where distinct prompts are few
+        jobs += [(f"s{r}-{i}", prompt, True) for i, (family, prompt) in enumerate(train) if family != "math"]
+    torch.manual_seed(seed)
+    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
+    path = os.path.join(out_dir, DATA_FILE)
+    distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return path
+
+
+def instruct_stage(out_dir: str, *, num_questions: int = 1280, seed: int = 0, dtype: torch.dtype | None = None,
+                   batch_size: int = 64, max_new_tokens: int = 128) -> str:
+    """Stage ``instruct``: the target writes ``num_questions`` requests of its own (``self_instruct``), then
+    answers the usable ones (greedy); the first 40 go to the held-out file. Returns the data path."""
+    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
+    return self_instruct_stage(model, tokenizer, out_dir, num_questions=num_questions, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, seed=seed)

