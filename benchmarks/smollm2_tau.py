@@ -42,14 +42,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--teacher-forced", type=int, default=0, metavar="N")
+    parser.add_argument("--heldout", action="append", default=None, metavar="FILE",
+                        help=f"held-out prompt file(s) of ours (default {HELDOUT}); never the benchmark prompts")
+    parser.add_argument("--sets", default="bench,heldout", help="engine-measured sets: bench, heldout, or none")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    heldout = [p for path in (args.heldout or [HELDOUT]) for p in load_prompts(path)]
     target, tokenizer = load_smollm2()
     target = enable_pard(target)
-    prompt_sets = {"bench": [p for path in BENCH for p in load_prompts(path)[:args.limit]],
-                   "heldout": load_prompts(HELDOUT)[:args.limit]}
-    texts = greedy_sequences(target, tokenizer, load_prompts(HELDOUT)[:args.teacher_forced],
-                             max_new_tokens=args.max_new_tokens)
+    sets = {"bench": lambda: [p for path in BENCH for p in load_prompts(path)[:args.limit]],
+            "heldout": lambda: heldout[:args.limit]}
+    prompt_sets = {name: sets[name]() for name in args.sets.split(",") if name in sets}
+    texts = greedy_sequences(target, tokenizer, heldout[:args.teacher_forced], max_new_tokens=args.max_new_tokens)
     results = {"k": args.k, "max_new_tokens": args.max_new_tokens}
     for name, path, mode in args.draft:
         draft = load_draft(path, target=target)

@@ -157,7 +157,7 @@ def test_plain_listed_after_other_methods_is_still_the_reference(runner):
 
 def test_parse_methods_keeps_order_and_refuses_unknown_or_repeated():
     assert parse_methods("pard, plain,ar-plus") == ["pard", "plain", "ar-plus"]
-    with pytest.raises(ValueError, match="'pard3'.*choose from plain, ar-plus, assisted"):
+    with pytest.raises(ValueError, match="'pard3'.*choose from plain, ar-plus, ar-plus-compiled, assisted"):
         parse_methods("plain,pard3")
     with pytest.raises(ValueError, match=r"\['pard'\] listed twice"):
         parse_methods("pard,plain,pard")
@@ -177,6 +177,8 @@ def test_runner_builds_each_methods_call(runner, target):
         "assisted": {"assistant_model": runner.ar_draft, "num_assistant_tokens": K},
         "lookup": {"prompt_lookup_num_tokens": 10},
         "pard": {**pard, "pard_draft": runner.draft},
+        "ar-plus": {"ar_plus": True},
+        "pard-tree": {**pard, "pard_draft": runner.draft, "pard_tree": runner.tree_nodes},
         "pard2": {**pard, "pard_draft": runner.pard2_draft, "pard_mode": "dependent"},
         "pard2-independent": {**pard, "pard_draft": runner.pard2_draft, "pard_mode": "independent"},
     }
@@ -192,7 +194,8 @@ def test_compiled_methods_share_one_compiled_copy(target, tokenizer):
     runner = Runner(target, tokenizer, draft=tiny_pard_draft(target), k=K, max_new_tokens=NEW)
     model, kwargs = runner.kwargs("pard-compiled")
     assert model is not target and model is runner.compiled
-    assert runner.kwargs("ar-plus") == (model, {"max_new_tokens": NEW, "do_sample": False, "ar_plus": True})
+    assert runner.kwargs("ar-plus-compiled") == (model, {"max_new_tokens": NEW, "do_sample": False, "ar_plus": True})
+    assert runner.kwargs("ar-plus")[0] is target  # AR+ itself is eager (pre-packed weights on CPU fp32)
     assert kwargs["pard_draft"] is runner.draft
     assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr()
                for a, b in zip(model.parameters(), target.parameters()))
@@ -228,12 +231,12 @@ def test_ar_plus_and_pard_compiled_are_identical_and_never_recompile(tokenizer, 
     target = enable_pard(tiny_causal_lm("llama", seed=0))
     runner = Runner(target, tokenizer, draft=tiny_pard_draft(target), pard2_draft=tiny_pard2_draft(target), k=K,
                     max_new_tokens=NEW)
-    warm = run_benchmark(runner, PROMPTS[:1], ["pard2", "ar-plus", "pard-compiled"])
+    warm = run_benchmark(runner, PROMPTS[:1], ["pard2", "ar-plus-compiled", "pard-compiled"])
     assert all(r.identical == [True] for r in warm.values())
     assert not [w for w in recwarn if "forward hooks" in str(w.message)]  # it compiled: no eager fallback
     with torch._dynamo.config.patch(error_on_recompile=True):
-        results = run_benchmark(runner, PROMPTS, ["ar-plus", "pard-compiled"])
-    ar_plus = results["ar-plus"]
+        results = run_benchmark(runner, PROMPTS, ["ar-plus-compiled", "pard-compiled"])
+    ar_plus = results["ar-plus-compiled"]
     assert ar_plus.identical == results["pard-compiled"].identical == [True] * len(PROMPTS)
     assert ar_plus.rounds == results["plain"].tokens  # AR+: one target forward per token after its prefill
     assert ar_plus.histogram[1] == sum(ar_plus.rounds) and ar_plus.drafting_rounds == 0

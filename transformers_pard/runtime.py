@@ -15,6 +15,7 @@ import torch
 from .cache import PardCacheManager
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
+from .prepack import packed_view, prepack_available
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class PardOptions:
     freeze: CPU only, inductor: fold the weights into the compiled graphs as constants and let the
         compiler pre-pack them for its GEMM kernels (``torch._inductor.config.freezing``, set for these
         compilations only; the model's parameters are not touched). Default: on for CPU with compile.
+    prepack: CPU fp32, eager: the engine's forwards use oneDNN linear kernels with weights packed once
+        (``prepack.py``; a view of the model, extra memory = one copy of its linear weights; outputs
+        agree to float rounding). Default: on where available (x86 CPU, fp32, compile off); False keeps
+        the model's own kernels.
     max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
     """
 
@@ -37,6 +42,7 @@ class PardOptions:
     compile_mode: str | None = None
     compile_backend: object = "inductor"
     freeze: bool | None = None
+    prepack: bool | None = None
     max_cache_len: int | None = None
 
     def __post_init__(self):
@@ -46,6 +52,19 @@ class PardOptions:
             raise ValueError("compile_mode is set but compile=False: pass compile=True to use it.")
         if self.freeze and not self.compile:
             raise ValueError("freeze=True folds weights into compiled graphs: pass compile=True with it.")
+
+    def use_prepack(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the engine's forwards get pre-packed weights (eager only: inductor cannot lower the
+        packed oneDNN op, and lowers fp32 linears to MKL's own packed GEMM instead)."""
+        if self.prepack and self.compile:
+            raise ValueError("prepack=True is for eager forwards; with compile=True inductor packs the weights "
+                             "itself (freeze). Drop one of them.")
+        if self.prepack and not prepack_available(device, dtype):
+            raise ValueError(f"prepack=True needs oneDNN packed linear kernels (x86 CPU, fp32); this model is "
+                             f"{dtype} on {device.type}. Use prepack=None (automatic) or False.")
+        if self.prepack is None:
+            return not self.compile and prepack_available(device, dtype)
+        return self.prepack
 
     def resolved_compile_mode(self, device: torch.device) -> str | None:
         if not self.compile:
@@ -84,12 +103,17 @@ class PardRuntime:
         self.head_cache: dict = {}  # the draft's subset head (gathered weight rows), built once
         self._forwards: dict = {}
 
+    def __deepcopy__(self, memo):
+        """A copied model gets a fresh runtime with the same options (caches and forwards are per model)."""
+        return PardRuntime(self.options)
+
     def models(self, target, drafter: Drafter | None, inputs: LoopInputs, device: torch.device) -> PardModels:
         """Reserve both caches for this call and fetch (or build once) the forward functions."""
         batch, prompt_len = inputs.input_ids.shape
         needed = prompt_len + inputs.max_new_tokens + max(2 * inputs.k, inputs.verify_width)
         compile_mode = self.options.resolved_compile_mode(device)
-        target_fn, draft_fn = self._forward_functions(target, drafter, compile_mode, device)
+        widths = (inputs.verify_width or inputs.k + 1, 2 * inputs.k)
+        target_fn, draft_fn = self._forward_functions(target, drafter, compile_mode, device, widths)
         draft = drafter.model if drafter is not None else None
         return PardModels(
             target=target_fn,
@@ -99,22 +123,25 @@ class PardRuntime:
             static_draft_width=compile_mode is not None,
         )
 
-    def _forward_functions(self, target, drafter: Drafter | None, compile_mode, device):
+    def _forward_functions(self, target, drafter: Drafter | None, compile_mode, device, widths: tuple[int, int]):
         """The target's and the draft's ``ForwardFn`` (the target's shared by every draft and AR+)."""
         build = {"compile_mode": compile_mode, "compile_backend": self.options.compile_backend,
                  "compile_options": self.options.compile_options(device)}
-        target_fn = self._forward_function(target, target, None, build)
+        target_fn = self._forward_function(target, target, None, build, widths[0])
         if drafter is None:
             return target_fn, None
-        return target_fn, self._forward_function(drafter.forward_source, drafter, drafter.head, build)
+        return target_fn, self._forward_function(drafter.forward_source, drafter, drafter.head, build, widths[1])
 
     MAX_FORWARDS = 6  # forward functions kept (least recently used dropped): a few drafts per target
 
-    def _forward_function(self, source, owner, head, build: dict) -> ForwardFn:
-        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source))
+    def _forward_function(self, source, owner, head, build: dict, rows: int) -> ForwardFn:
+        weight = next(source.parameters())
+        prepack = self.options.use_prepack(weight.device, weight.dtype)
+        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source), prepack and rows)
         function = self._forwards.pop(key, None)
         if function is None:
             module = owner if owner is source else owner.forward_module
+            module = packed_view(module, rows=rows) if prepack else module
             function = ForwardFn(module, **self._compile_settings(module, build))
         self._forwards[key] = function  # most recently used last
         while len(self._forwards) > self.MAX_FORWARDS:

@@ -9,7 +9,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Gemma2Config
 
 from transformers_pard import PardAutoModelForCausalLM, enable_pard

@@ -8,7 +8,8 @@ Methods:
 
 =====================  =====================================================================
 plain                  the target's own ``generate``
-ar-plus                AR+: the PARD engine with no draft (static cache, compiled forwards)
+ar-plus                AR+: the PARD engine with no draft (static cache; on CPU fp32 pre-packed weights)
+ar-plus-compiled       AR+ on the compiled copy of the target (``torch.compile``)
 assisted               transformers' assisted generation with an autoregressive draft
 lookup                 transformers' prompt lookup (``prompt_lookup_num_tokens=10``)
 pard                   PARD, eager forwards
@@ -39,13 +40,13 @@ import torch
 
 from ..modeling import enable_pard
 
-METHODS = ("plain", "ar-plus", "assisted", "lookup", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
+METHODS = ("plain", "ar-plus", "ar-plus-compiled", "assisted", "lookup", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
            "pard2-independent")
 #: Methods run by the PARD engine: counts and phase times come from ``pard_stats``.
-ENGINE_METHODS = frozenset({"ar-plus", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
+ENGINE_METHODS = frozenset({"ar-plus", "ar-plus-compiled", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
                             "pard2-independent"})
 #: Methods that run on the compiled copy of the target.
-COMPILED_METHODS = frozenset({"ar-plus", "pard-compiled", "pard-tree-compiled"})
+COMPILED_METHODS = frozenset({"ar-plus-compiled", "pard-compiled", "pard-tree-compiled"})
 #: The decode phases of a round (a call's prefill is kept apart).
 PHASES = ("draft", "verify", "other")
 
@@ -176,7 +177,8 @@ class Runner:
         pard = {**common, "num_assistant_tokens": self.k, "pard_min_tau": self.min_tau}
         calls = {
             "plain": lambda: (self.target, common),
-            "ar-plus": lambda: (self.compiled_target(), {**common, "ar_plus": True}),
+            "ar-plus": lambda: (self.target, {**common, "ar_plus": True}),
+            "ar-plus-compiled": lambda: (self.compiled_target(), {**common, "ar_plus": True}),
             "assisted": lambda: (self.target, {**common, "assistant_model": self.ar_draft,
                                                "num_assistant_tokens": self.k}),
             "lookup": lambda: (self.target, {**common, "prompt_lookup_num_tokens": 10}),

@@ -3,24 +3,21 @@
 * ``tiny_causal_lm(arch)``: a randomly initialised Llama / Qwen2 / Qwen3 causal LM.
 * ``tiny_pard_draft(target)``: a smaller model of the same family and vocabulary, marked as a PARD
   draft (``pard_token`` + ``spd_type``); untrained, so it proposes poor tokens.
-* ``OracleDraft``: a draft that knows the target's reference continuation and proposes it
-  (``always_right``) or proposes a token the target never picks (``always_wrong``). It lets tests
-  pin the exact number of verify rounds.
+* ``OracleDraft`` and the batch helpers of lossless tests live in ``testing.oracles`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GenerationMixin,
-    LlamaConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen3Config,
-)
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+
+from ..pard2 import Pard2Config, make_projection
+from .oracles import OracleDraft, OracleDraftConfig, left_padded_batch, reference_by_position
+
+__all__ = [
+    "ARCHITECTURES", "OracleDraft", "OracleDraftConfig", "left_padded_batch", "mark_as_pard_draft", "perturbed_pard_draft",
+    "reference_by_position", "tiny_causal_lm", "tiny_config", "tiny_pard2_draft", "tiny_pard_draft", "tiny_tokenizer",
+]
 
 ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
@@ -95,83 +92,6 @@ def tiny_pard_draft(target, *, seed: int = 1, num_layers: int = 1, mask_token_id
     return mark_as_pard_draft(draft, mask_token_id=mask_id)
 
 
-class OracleDraftConfig(PretrainedConfig):
-    model_type = "pard_oracle_draft"
-
-
-class OracleDraft(PreTrainedModel, GenerationMixin):
-    """A draft whose logits are one-hot on the reference continuation (or always off it).
-
-    ``reference`` (B, L) holds, for each row, the tokens the target will produce, indexed by
-    *position* (left padding removed); a query at position p proposes ``reference[b, p + 1]``.
-    ``always_wrong`` proposes ``reference + 1`` instead (mod vocab), which the target never accepts;
-    ``wrong_at`` (B, L) bool makes it wrong only where True (rows then accept different amounts).
-    Rows are matched to the batch by index, so call ``generate`` with the same batch.
-    """
-
-    config_class = OracleDraftConfig
-    _supports_sdpa = True
-
-    def __init__(
-        self,
-        target_config,
-        reference: torch.Tensor,
-        *,
-        always_wrong: bool = False,
-        wrong_at: torch.Tensor | None = None,
-        mask_token_id=None,
-    ):
-        config = OracleDraftConfig(
-            vocab_size=target_config.vocab_size,
-            num_hidden_layers=1,
-            max_position_embeddings=target_config.max_position_embeddings,
-            eos_token_id=target_config.eos_token_id,
-            bos_token_id=target_config.bos_token_id,
-            pad_token_id=target_config.pad_token_id,
-            pard_token=target_config.vocab_size - 1 if mask_token_id is None else mask_token_id,
-            spd_type="pard",
-        )
-        config._attn_implementation = "sdpa"
-        super().__init__(config)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.register_buffer("reference", reference.clone(), persistent=False)
-        if wrong_at is None:
-            wrong_at = torch.full_like(reference, always_wrong, dtype=torch.bool)
-        self.register_buffer("wrong_at", wrong_at.clone(), persistent=False)
-        self.forward_calls = 0
-
-    def forward(self, input_ids=None, position_ids=None, logits_to_keep=0, **kwargs):
-        self.forward_calls += 1
-        vocab = self.config.vocab_size
-        next_pos = (position_ids + 1).clamp(max=self.reference.shape[1] - 1)  # (B, T)
-        tokens = self.reference.gather(1, next_pos)  # (B, T)
-        wrong = self.wrong_at.gather(1, next_pos)  # (B, T)
-        tokens = torch.where(wrong, (tokens + 1) % vocab, tokens)
-        logits = torch.nn.functional.one_hot(tokens, vocab).float() * 10.0  # (B, T, V)
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            logits = logits[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=logits)
-
-
-def left_padded_batch(lengths, seed: int, *, vocab: int = 90, pad_token_id: int = 0):
-    """Random prompts (ids 3..vocab-1) of the given lengths, left-padded: (input_ids, attention_mask)."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_token_id)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, width - n :] = torch.randint(3, vocab, (n,), generator=generator)
-        mask[row, width - n :] = 1
-    return ids, mask
-
-
-def reference_by_position(sequences: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> torch.Tensor:
-    """Strip each row's left padding so that column p holds the token at position p: (B, L)."""
-    pads = (attention_mask == 0).sum(1)  # (B,)
-    rows = [torch.cat([seq[p:], seq.new_full((p,), pad_token_id)]) for seq, p in zip(sequences, pads.tolist())]
-    return torch.stack(rows)
-
-
 def perturbed_pard_draft(target, *, noise: float = 0.2, seed: int = 3, mask_token_id: int | None = None):
     """A real model draft that often agrees with ``target``: a copy of its weights plus Gaussian noise.
 
@@ -224,7 +144,6 @@ def tiny_pard2_draft(target, *, layers=(-1, 1), scale: float = 0.5, seed: int = 
     ``perturb`` (default) starts from a noisy copy of the target so rows accept different amounts;
     None gives an untrained smaller draft.
     """
-    from .pard2 import Pard2Config, make_projection
 
     draft = perturbed_pard_draft(target, noise=perturb, seed=seed) if perturb is not None else tiny_pard_draft(target, seed=seed)
     hidden = target.config.hidden_size
