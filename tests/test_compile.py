@@ -17,18 +17,23 @@ def run_calls(target, draft, calls):
     return outputs
 
 
+def assert_plain_greedy(outputs):
+    """Every (ids, max_new, out) of ``run_calls`` equals an uncompiled copy's plain greedy ``generate``."""
+    reference = tiny_causal_lm("llama", seed=0)
+    for ids, max_new, out in outputs:
+        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+
+
 def test_no_recompiles_after_warm_up():
     torch._dynamo.reset()
     counter = CompileCounter()
     target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter, max_cache_len=96)
-    reference = tiny_causal_lm("llama", seed=0)
     draft = perturbed_pard_draft(target)
     run_calls(target, draft, [(0, 7, 2, 20)])
     assert counter.frame_count == 2  # one graph for the draft forward (width 2K), one for verify (K+1)
     outputs = run_calls(target, draft, [(1, 11, 2, 30), (2, 3, 2, 9)])
     assert counter.frame_count == 2  # other prompt lengths, other lengths: no recompilation
-    for ids, max_new, out in outputs:
-        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+    assert_plain_greedy(outputs)
 
 
 def test_growing_requests_keep_their_graphs_without_max_cache_len():
@@ -40,9 +45,7 @@ def test_growing_requests_keep_their_graphs_without_max_cache_len():
     run_calls(target, draft, [(0, 5, 1, 10)])
     outputs = run_calls(target, draft, [(1, 60, 1, 40), (2, 120, 1, 70), (3, 9, 1, 5)])
     assert counter.frame_count == 2
-    reference = tiny_causal_lm("llama", seed=0)
-    for ids, max_new, out in outputs:
-        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+    assert_plain_greedy(outputs)
 
 
 def test_a_forward_hook_runs_that_model_eagerly_instead_of_recompiling():
@@ -56,9 +59,7 @@ def test_a_forward_hook_runs_that_model_eagerly_instead_of_recompiling():
         outputs = run_calls(target, draft, [(0, 7, 1, 12), (1, 9, 1, 16)])
     assert counter.frame_count == 1  # the draft's graph only; the hooked target ran eagerly
     assert len(calls) >= 2 * 2  # the hook saw every target forward (prefill + rounds)
-    reference = tiny_causal_lm("llama", seed=0)
-    for ids, max_new, out in outputs:
-        assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+    assert_plain_greedy(outputs)
 
 
 def test_compiled_ar_plus_has_one_graph():
