@@ -7,7 +7,7 @@ Llama with its tokenizer (chat template included) and PARD drafts, loaded throug
 
 import json
 import re
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -109,7 +109,7 @@ def test_bad_arguments_exit(argv, capsys):
 @pytest.fixture
 def stages(monkeypatch):
     calls = []
-    for name in ("data", "train", "eval", "export"):
+    for name in ("data", "instruct", "train", "eval", "export"):
         def record(out, _name=name, **kwargs):
             calls.append((_name, out, kwargs))
             return f"{out}/export-dir" if _name == "export" else None
@@ -127,15 +127,15 @@ def test_recipe_data_flags_reach_the_data_stage(stages):
 def test_recipe_all_runs_every_stage_in_order(stages, tmp_path, capsys):
     cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--run-name", "r1", "--num-prompts", "12", "--k", "1",
               "--export-dir", str(tmp_path / "ship")])
-    assert [name for name, _, _ in stages] == ["data", "train", "eval", "export"]
-    data, train, evaluate, export = (kwargs for _, _, kwargs in stages)
-    assert data["num_prompts"] == 12
+    assert [name for name, _, _ in stages] == ["data", "instruct", "train", "eval", "export"]
+    data, instruct, train, evaluate, export = (kwargs for _, _, kwargs in stages)
+    assert data["num_prompts"] == 12 and instruct["num_questions"] == 1280
     assert train["settings"].run_name == evaluate["run_name"] == export["run_name"] == "r1"
     assert evaluate == dict(k=1, num_layers=3, pard2=False, run_name="r1")
     assert export == dict(k=1, num_layers=3, export_dir=str(tmp_path / "ship"), pard2=False, run_name="r1")
     out = capsys.readouterr().out.splitlines()
     assert [line for line in out if line.startswith("==")] == [f"== recipe smollm2: {s}" for s in
-                                                             ("data", "train", "eval", "export")]
+                                                             ("data", "instruct", "train", "eval", "export")]
     assert out[-1] == f"{tmp_path}/export-dir"  # export prints the folder it wrote
 
 
@@ -175,7 +175,8 @@ def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):
     assert report["settings"] == {
         "target": saved.target, "draft": saved.compact_draft, "ar_draft": saved.ar_draft,
         "pard2_draft": saved.pard2_draft, "methods": methods, "k": 2, "max_new_tokens": 6, "dtype": "fp32",
-        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "prompts": [saved.prompts],
+        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 24,
+        "prompts": [saved.prompts],
         "limit": 2}
     models = report["models"]
     assert set(models) == {"target", "draft", "ar_draft", "pard2_draft"}
@@ -235,16 +236,22 @@ def test_bench_loads_only_the_drafts_its_methods_use(saved, tmp_path, capsys):
     assert set(report["models"]) == {"target"} and list(report["methods"]) == ["plain", "lookup"]
 
 
-def test_plot_command_redraws_a_saved_report(tmp_path):
-    """Through ``python -m transformers_pard`` (the module entry point), from a committed results file."""
+def test_plot_command_redraws_a_saved_report(tmp_path, capsys):
+    """From a committed results file (in process: the module entry point is ``test_module_entry_point``)."""
     pytest.importorskip("matplotlib")
     out = tmp_path / "r.png"
-    result = subprocess.run([sys.executable, "-m", "transformers_pard", "plot",
-                             "benchmarks/results/smollm2-cpu-fp32.json", "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith(f"wrote {out}")
+    cli.main(["plot", str(ROOT / "benchmarks/results/smollm2-cpu-fp32.json"), "--out", str(out)])
+    assert capsys.readouterr().out.strip().endswith(f"wrote {out}")
     assert png_size(out) == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+
+
+def test_module_entry_point_runs_the_cli(monkeypatch, capsys):
+    """``python -m transformers_pard`` (run in process: a subprocess would re-import torch for nothing)."""
+    monkeypatch.setattr(sys, "argv", ["transformers_pard", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("transformers_pard", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "{demo,bench,plot,recipe,train}" in capsys.readouterr().out
 
 
 def test_plot_command_refuses_a_file_that_is_not_a_report(tmp_path):

@@ -26,6 +26,7 @@ from .cache import PardStaticCache, cache_keyword
 from .draft_config import DraftSpec, validate_draft
 from .pard2 import MODES, Pard2Config, draft_inputs_embeds, pard2_fit_problem, shift_right
 from .vocab import SubsetHead, vocab_subset
+from .weights import weights_version
 
 
 @dataclass
@@ -213,7 +214,7 @@ def subset_head(draft, head_cache: dict | None = None) -> SubsetHead | None:
     if ids is None:
         return None
     head = draft.get_output_embeddings()
-    key = (id(draft), id(head.weight), head.weight._version, ids.data_ptr())
+    key = (id(draft), weights_version(head), ids.data_ptr())
     if head_cache is not None and key in head_cache:
         return head_cache[key]
     built = SubsetHead(head, ids)

@@ -16,6 +16,7 @@ from .cache import PardCacheManager
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
 from .prepack import packed_view, prepack_available
+from .weights import weights_version
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ class PardRuntime:
     def _forward_function(self, source, owner, head, build: dict, rows: int) -> ForwardFn:
         weight = next(source.parameters())
         prepack = self.options.use_prepack(weight.device, weight.dtype)
-        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source), prepack and rows)
+        copies_weights = prepack or build["compile_options"] is not None  # packed or frozen weight copies
+        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source), prepack and rows,
+               weights_version(source) if copies_weights else None)
         function = self._forwards.pop(key, None)
         if function is None:
             module = owner if owner is source else owner.forward_module
