@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from transformers_pard import enable_pard
+from transformers_pard import enable_pard, prepack
 from transformers_pard.prepack import prepack_available
 from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm
 from transformers_pard.weights import weights_version
@@ -39,8 +39,14 @@ def test_version_changes_with_a_fused_step_in_place_edits_and_moves():
     assert moved[0] != after_step[0]
 
 
+@pytest.fixture
+def always_pack(monkeypatch):
+    """Pack every linear, whatever this CPU's timings say (the stale-copy case must exist to be tested)."""
+    monkeypatch.setattr(prepack, "packed_is_faster", lambda *shape: True)
+
+
 @needs_prepack
-def test_target_trained_after_a_pard_call_stays_lossless():
+def test_target_trained_after_a_pard_call_stays_lossless(always_pack):
     target = enable_pard(tiny_causal_lm("llama", seed=0))
     draft = perturbed_pard_draft(target, seed=3)
     ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(1))
@@ -51,7 +57,7 @@ def test_target_trained_after_a_pard_call_stays_lossless():
 
 
 @needs_prepack
-def test_draft_trained_after_a_pard_call_drafts_with_its_new_weights():
+def test_draft_trained_after_a_pard_call_drafts_with_its_new_weights(always_pack):
     target = enable_pard(tiny_causal_lm("llama", seed=0))
     draft = perturbed_pard_draft(target, seed=3)
     ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(1))

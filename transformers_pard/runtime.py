@@ -34,8 +34,8 @@ class PardOptions:
         compilations only; the model's parameters are not touched). Default: on for CPU with compile.
     prepack: CPU fp32, eager: the engine's forwards use oneDNN linear kernels with weights packed once
         (``prepack.py``; a view of the model, extra memory = one copy of its linear weights; outputs
-        agree to float rounding). Default: on where available (x86 CPU, fp32, compile off); False keeps
-        the model's own kernels.
+        agree to float rounding; each weight shape is packed only where it times faster on this CPU).
+        Default: on where available (x86 CPU, fp32, compile off); False keeps the model's own kernels.
     max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
     """
 
