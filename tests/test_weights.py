@@ -51,9 +51,11 @@ def test_target_trained_after_a_pard_call_stays_lossless(always_pack):
     draft = perturbed_pard_draft(target, seed=3)
     ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(1))
     assert torch.equal(greedy(target, ids, pard_draft=draft), greedy(target, ids))
+    kept = len(target.pard_runtime._forwards)
     fused_adamw_step(target)  # the packed copies made by the first call are now stale
     target.eval()
     assert torch.equal(greedy(target, ids, pard_draft=draft), greedy(target, ids))
+    assert len(target.pard_runtime._forwards) == kept  # the stale forward was replaced, not kept beside
 
 
 @needs_prepack

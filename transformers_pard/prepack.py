@@ -76,8 +76,6 @@ def packed_view(model: nn.Module, *, rows: int) -> nn.Module:
     if isinstance(model, nn.Linear):
         faster = packed_is_faster(model.in_features, model.out_features, model.bias is not None, rows)
         return PackedLinear(model, rows) if faster else model
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        return model
     children = {name: None if child is None else packed_view(child, rows=rows)
                 for name, child in model._modules.items()}
     if all(children[name] is child for name, child in model._modules.items()):

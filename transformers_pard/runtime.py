@@ -139,17 +139,17 @@ class PardRuntime:
         weight = next(source.parameters())
         prepack = self.options.use_prepack(weight.device, weight.dtype)
         copies_weights = prepack or build["compile_options"] is not None  # packed or frozen weight copies
-        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source), prepack and rows,
-               weights_version(source) if copies_weights else None)
-        function = self._forwards.pop(key, None)
-        if function is None:
+        version = weights_version(source) if copies_weights else None
+        key = (id(source), id(head), build["compile_mode"], has_user_hooks(source), prepack and rows)
+        entry = self._forwards.pop(key, None)
+        if entry is None or entry[0] != version:  # new, or its weight copies are stale: replace it
             module = owner if owner is source else owner.forward_module
             module = packed_view(module, rows=rows) if prepack else module
-            function = ForwardFn(module, **self._compile_settings(module, build))
-        self._forwards[key] = function  # most recently used last
+            entry = (version, ForwardFn(module, **self._compile_settings(module, build)))
+        self._forwards[key] = entry  # most recently used last
         while len(self._forwards) > self.MAX_FORWARDS:
             self._forwards.pop(next(iter(self._forwards)))
-        return function
+        return entry[1]
 
     @staticmethod
     def _compile_settings(module, build: dict) -> dict:
