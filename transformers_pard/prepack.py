@@ -11,8 +11,8 @@ The user's model object is not modified. Results agree with the eager kernels to
 
 Packing does not win everywhere: on a 2-core Xeon with AMX, SmolLM2 took 53.9 ms stock vs 75.6 ms packed
 at 1 row, 102 vs 103 ms at 9 rows, 138 vs 106 ms at 16 rows. So each weight shape is timed once per
-process at the forward's row count (``packed_is_faster``, ~0.5 s for SmolLM2) and packed only where the
-packed kernel is faster on this machine.
+process at the forward's row count (``packed_is_faster``, 0.6 s per row count for SmolLM2) and packed
+only where the packed kernel is faster on this machine.
 """
 
 from __future__ import annotations

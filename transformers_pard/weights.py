@@ -12,7 +12,8 @@ def weights_version(model: torch.nn.Module) -> tuple:
     updated in place: forwards holding packed or frozen weight copies are rebuilt when it does, so a
     model trained or edited after a PARD call never runs on stale weights. Autograd's version counter
     catches most in-place writes, but fused optimizers (``AdamW(fused=True)``, the Trainer's default)
-    skip it, so a fixed sample of each parameter's elements is compared too (~1 ms per call)."""
+    skip it, so a fixed sample of each parameter's elements is compared too (3.8 ms per generate call
+    for SmolLM2's 272 parameters on a 2-core Xeon)."""
     pointers, probes = [], []
     with torch.no_grad():
         for p in model.parameters():
