@@ -39,7 +39,25 @@ def test_settings_resolve_dtypes(monkeypatch):
     assert LoadSettings(dtype="auto").torch_dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("field, value", [("dtype", "fp8"), ("attn", "flash_attention_2")])
+def test_draft_dtype_auto_is_bf16_only_where_native(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert LoadSettings(draft_dtype="auto").draft_torch_dtype(torch.float32) == torch.float32
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert LoadSettings(draft_dtype="auto").draft_torch_dtype(torch.float32) == torch.bfloat16
+    assert LoadSettings().draft_torch_dtype(torch.float32) == torch.float32  # library default: the target's
+    assert LoadSettings(draft_dtype="fp16").draft_torch_dtype(torch.float32) == torch.float16
+
+
+def test_a_bf16_draft_of_an_fp32_target_loads_and_keeps_generate_lossless(saved, target):
+    model, _ = target
+    draft = load_pard_draft(saved.compact_draft, model, LoadSettings(draft_dtype="bf16"))
+    assert draft.dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, pard_draft=draft, max_new_tokens=12, do_sample=False, pard_min_tau=None)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=12, do_sample=False))
+
+
+@pytest.mark.parametrize("field, value", [("dtype", "fp8"), ("attn", "flash_attention_2"), ("draft_dtype", "int4")])
 def test_settings_refuse_unknown_choices(field, value):
     with pytest.raises(ValueError, match=field):
         LoadSettings(**{field: value})

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from transformers_pard.cache import PardCacheManager, PardStaticCache
+from transformers_pard.testing import tiny_causal_lm
 from transformers_pard.drafting import draft_layout
 
 
@@ -67,3 +68,15 @@ def test_manager_reuses_and_enforces_a_fixed_capacity():
         manager.capacity_for(101)
     growing = PardCacheManager(granularity=64)
     assert growing.capacity_for(1) == 65 and growing.capacity_for(65) == 129
+
+
+def test_manager_does_not_hand_a_draft_cache_to_a_draft_of_another_dtype():
+    """Two drafts of the same config (fp32, then bf16) share the "draft" role: the second must get
+    keys and values of its own dtype."""
+    target = tiny_causal_lm("llama", seed=0)
+    manager = PardCacheManager(static=True)
+    fp32_cache = manager.cache("draft", target, batch_size=1, needed=10)
+    fp32_cache.layers[0].lazy_initialization(torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8))
+    assert manager.cache("draft", target, batch_size=1, needed=10) is fp32_cache
+    bf16 = tiny_causal_lm("llama", seed=0, dtype=torch.bfloat16)
+    assert manager.cache("draft", bf16, batch_size=1, needed=10) is not fp32_cache

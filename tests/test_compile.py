@@ -62,6 +62,18 @@ def test_a_forward_hook_runs_that_model_eagerly_instead_of_recompiling():
     assert_plain_greedy(outputs)
 
 
+def test_an_fp32_and_a_bf16_draft_share_a_compiled_target():
+    """Switching to a draft of another dtype gets that draft its own cache (and its own graph)."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter, max_cache_len=96)
+    fp32 = perturbed_pard_draft(target)
+    outputs = run_calls(target, fp32, [(0, 7, 1, 12)])
+    outputs += run_calls(target, perturbed_pard_draft(target).to(torch.bfloat16), [(1, 9, 1, 12)])
+    assert counter.frame_count == 3  # verify, fp32 draft, bf16 draft
+    assert_plain_greedy(outputs)
+
+
 def test_compiled_ar_plus_has_one_graph():
     torch._dynamo.reset()
     counter = CompileCounter()
@@ -75,14 +87,23 @@ def test_compiled_ar_plus_has_one_graph():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_engine_is_lossless():
-    """Real inductor compile on one tiny fixed-shape case (about a minute on 2 CPU cores)."""
+def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
+    """Real inductor compile on one tiny fixed-shape case (about a minute on 2 CPU cores). On an x86 CPU
+    with MKL, weight freezing must reach the graphs: their linears run MKL's pre-packed GEMM. (Passing
+    ``freezing`` only through ``torch.compile(options=...)`` leaves plain ``aten::mm``, re-packing the
+    weights on every call.)"""
     torch._dynamo.reset()
     target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64)
     reference = tiny_causal_lm("llama", seed=0)
     draft = perturbed_pard_draft(target)
     (ids, max_new, out), = run_calls(target, draft, [(0, 6, 1, 12)])
     assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+    assert not torch._inductor.config.freezing  # set for the engine's compiled calls only
+    if torch._C.has_mkl and torch.backends.mkldnn.is_available():
+        with torch.profiler.profile() as profile:
+            run_calls(target, draft, [(1, 6, 1, 12)])
+        ops = {event.key for event in profile.key_averages()}
+        assert "mkl::_mkl_linear" in ops
 
 
 @pytest.mark.gpu

@@ -97,6 +97,10 @@ class PardStaticCache(Cache):
         layer = self.layers[0]
         return layer.keys.shape[0] if layer.is_initialized else None
 
+    def allocated_dtype(self) -> torch.dtype | None:
+        layer = self.layers[0]
+        return layer.keys.dtype if layer.is_initialized else None
+
     def begin(self, pad: torch.Tensor) -> None:
         """Start a new batch: every row empty, ``pad`` (B,) left-padding slots per row."""
         self.pad = pad
@@ -237,6 +241,7 @@ class PardCacheManager:
             and cache.capacity == capacity
             and cache.attn_implementation == attn
             and cache.allocated_batch() in (None, batch_size)
+            and cache.allocated_dtype() in (None, model.dtype)  # another draft of the role may run in another dtype
             and len(cache.layers) == _num_attention_layers(config)
         )
         if not reusable:

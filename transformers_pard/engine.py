@@ -104,6 +104,9 @@ class RoundState:
     logits: torch.Tensor | None = None  # (B, max_new + K + 1, V) raw logits of committed tokens
 
 
+CALL_TIME_OPTIONS = ("freezing",)
+
+
 class ForwardFn:
     """Calls a causal LM on explicit per-row slots; optionally through ``torch.compile``.
 
@@ -115,9 +118,14 @@ class ForwardFn:
         self.model = model
         self.cache_keyword = cache_keyword(model)
         self.compiled = None
+        self.call_config = {}  # inductor settings that must be active while a graph compiles (see below)
         if compile_mode is not None:
             mode = None if compile_backend != "inductor" else compile_mode
             options = compile_options if compile_backend == "inductor" else None
+            # Inductor reads `freezing` outside the scope of torch.compile's `options` (checked on torch 2.13:
+            # with options={"freezing": True} the fp32 linears stayed aten::mm, re-packing every call), so it
+            # is also set around each compiled call, which is when (re)compilation happens.
+            self.call_config = {key: options[key] for key in CALL_TIME_OPTIONS if options and key in options}
             if mode is not None and options:  # torch.compile takes either a mode or options
                 options = {**torch._inductor.list_mode_options(mode), **options}
                 mode = None
@@ -129,17 +137,18 @@ class ForwardFn:
         """Logits (B, T', V), and the concatenated hidden states of ``feature_layers`` (B, T, D) or None.
         ``offsets`` / ``attention``: a token-tree block (``PardStaticCache.plan``)."""
         position_ids, mask = cache.plan(slots, self.model.dtype, offsets=offsets, attention=attention)
-        forward = self.compiled if compiled and self.compiled is not None else self.model
-        out = forward(
-            input_ids=None if inputs_embeds is not None else input_ids,
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            attention_mask=mask,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-            output_hidden_states=feature_layers is not None,
-            **{self.cache_keyword: cache},
-        )
+        use_compiled = compiled and self.compiled is not None
+        with torch._inductor.config.patch(self.call_config if use_compiled else {}):
+            out = (self.compiled if use_compiled else self.model)(
+                input_ids=None if inputs_embeds is not None else input_ids,
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+                output_hidden_states=feature_layers is not None,
+                **{self.cache_keyword: cache},
+            )
         features = None if feature_layers is None else target_features(out.hidden_states, feature_layers)
         return out.logits, features
 
@@ -218,7 +227,7 @@ def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int
     layout = draft_layout(state.unseen, state.num_unseen, models.draft_cache, k, drafter.spec.mask_token_id, width)
     embeds = drafter.inputs.round_embeds(drafter.model, layout)  # (B, W, H) | None
     logits, _ = models.draft(models.draft_cache, layout.input_ids, layout.slots, logits_to_keep=k, inputs_embeds=embeds)
-    logits = drafter.to_target_vocab(logits[:, -k:])  # (B, K, V)
+    logits = drafter.to_target_vocab(logits[:, -k:].float())  # (B, K, V) float32 whatever the draft's dtype (q exact)
     # The mask slots' keys are discarded: only the unseen real tokens become live.
     models.draft_cache.advance(torch.where(state.finished, 0, state.num_unseen))
     return logits

@@ -12,12 +12,13 @@ from .demo import demo
 from .models import (
     ATTENTION,
     DEFAULT_DRAFT,
+    DRAFT_DTYPES,
     DTYPES,
     EMBEDDED_TARGET,
-    LoadSettings,
     describe,
     load_autoregressive_draft,
     load_pard_draft,
+    load_settings,
     load_target,
 )
 from .plot import render  # matplotlib itself is imported only to draw
@@ -67,8 +68,8 @@ def run_settings(args: argparse.Namespace, methods: list[str]) -> dict:
     """What was asked for, as given on the command line."""
     return {"target": args.target, "draft": args.draft, "ar_draft": args.ar_draft, "pard2_draft": args.pard2_draft,
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
-            "device": args.device, "attn": args.attn, "min_tau": args.min_tau, "phase_timing": args.phase_timing,
-            "tree_nodes": args.tree_nodes, "prompts": args.prompts, "limit": args.limit}
+            "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
+            "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "prompts": args.prompts, "limit": args.limit}
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -78,7 +79,7 @@ def bench(args: argparse.Namespace) -> None:
         raise SystemExit(f"--methods: {err}") from None
     check_drafts(args, methods)
     prompts = read_prompts(args.prompts, args.limit)
-    settings = LoadSettings(device=args.device, dtype=args.dtype, attn=args.attn)
+    settings = load_settings(args)
     target, tokenizer = load_target(args.target, settings)
     drafts = load_drafts(args, methods, target, settings)
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
@@ -132,6 +133,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="auto = bf16 where native, else fp32")
     p.add_argument("--attn", choices=ATTENTION, default="sdpa", help="attention implementation")
+    p.add_argument("--draft-dtype", choices=DRAFT_DTYPES, default="auto",
+                   help="dtype of the drafts (never changes the output): auto = bf16 where native, else the "
+                        "target's; target = the target's")
     p.add_argument("--k", type=int, default=8, help="draft tokens per round")
     p.add_argument("--tree-nodes", type=int, default=24, help="pard-tree methods: token-tree nodes verified per round")
 

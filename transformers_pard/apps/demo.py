@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..modeling import enable_pard
 from .benchmark import chat_ids, timed_generate
-from .models import LoadSettings, load_pard_draft, load_target
+from .models import load_pard_draft, load_settings, load_target
 
 DEMO_PROMPTS = [
     "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left? Explain step by step.",
@@ -43,12 +43,14 @@ def compare(target, draft, ids: torch.Tensor, args: argparse.Namespace):
 
 
 def demo(args: argparse.Namespace) -> None:
-    settings = LoadSettings(device=args.device, dtype=args.dtype, attn=args.attn)
+    settings = load_settings(args)
     print(f"Loading the target {args.target} ({args.dtype}, {args.attn}) and the PARD draft {args.draft} ...")
     target, tokenizer = load_target(args.target, settings)
     if args.compile:
         enable_pard(target, compile=True)
     draft = load_pard_draft(args.draft, target, settings)
+    print(f"draft dtype: {str(draft.dtype).removeprefix('torch.')} (--draft-dtype {args.draft_dtype}; the "
+          "target verifies every token, so the output does not depend on it)")
     device = next(target.parameters()).device
     warm = warm_up(target, draft, tokenizer, device, args.k)
     what = "torch.compile included" if args.compile else "no torch.compile"

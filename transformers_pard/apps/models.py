@@ -6,14 +6,16 @@ Each of ``--target`` / ``--draft`` / ``--ar-draft`` / ``--pard2-draft`` is one o
 * a local folder (a saved HF model; a draft may be a compact PARD folder that borrows the target's
   embedding);
 * a Hub id, downloaded only because it was asked for.
-The tokenizer always comes from the target; every draft takes the target's dtype and device.
+The tokenizer always comes from the target; every draft takes the target's device, and the dtype of
+``--draft-dtype`` (default "auto": bf16 where the device runs it natively, else the target's dtype). A
+draft's dtype never changes the output: the target verifies every token.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import AutoTokenizer
@@ -27,26 +29,44 @@ EMBEDDED_TARGET = "smollm2"
 DEFAULT_DRAFT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "smollm2-pard-k8")
 #: ``--dtype`` choices; "auto" = bf16 where the device runs it natively, else fp32.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
+#: ``--draft-dtype`` choices: "target" = the target's dtype; "auto" = bf16 where native, else the target's.
+DRAFT_DTYPES = ("target", "auto", "fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How every model of a run is loaded (``--device``, ``--dtype``, ``--attn``)."""
+    """How every model of a run is loaded (``--device``, ``--dtype``, ``--attn``, ``--draft-dtype``)."""
 
     device: str = "cpu"
     dtype: str = "fp32"
     attn: str = "sdpa"
+    draft_dtype: str = "target"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
+        if self.draft_dtype not in DRAFT_DTYPES:
+            raise ValueError(f"draft_dtype must be one of {sorted(DRAFT_DTYPES)}, got {self.draft_dtype!r}.")
         if self.attn not in ATTENTION:
             raise ValueError(f"attn must be one of {ATTENTION}, got {self.attn!r}.")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype] or fast_dtype(self.device)
+
+    def draft_torch_dtype(self, target_dtype: torch.dtype) -> torch.dtype:
+        """"target": the target's dtype; "auto": bf16 where native on the device, else the target's."""
+        if self.draft_dtype == "target":
+            return target_dtype
+        if self.draft_dtype == "auto":
+            return torch.bfloat16 if fast_dtype(self.device) == torch.bfloat16 else target_dtype
+        return DTYPES[self.draft_dtype]
+
+
+def load_settings(args) -> LoadSettings:
+    """The ``LoadSettings`` of a parsed demo / bench command line (``cli.add_model_arguments``)."""
+    return LoadSettings(device=args.device, dtype=args.dtype, attn=args.attn, draft_dtype=args.draft_dtype)
 
 
 def source_of(spec: str, embedded: str | None = None) -> str:
@@ -84,8 +104,9 @@ def load_target(spec: str, settings: LoadSettings):
 
 
 def load_draft_model(spec: str, target, settings: LoadSettings, *, flag: str = "--draft"):
-    """A draft for ``target`` (compact folders borrow its embedding), on its device, in its dtype."""
-    dtype = next(target.parameters()).dtype
+    """A draft for ``target`` (compact folders borrow its embedding), on its device, in the settings'
+    draft dtype."""
+    dtype = settings.draft_torch_dtype(next(target.parameters()).dtype)
     draft = _load(flag, spec, lambda: PardAutoModelForCausalLM.from_pretrained(
         spec, pard_target=target, dtype=dtype, attn_implementation=settings.attn))
     draft.set_attn_implementation(settings.attn)  # compact drafts are rebuilt from their config
@@ -107,7 +128,8 @@ def load_autoregressive_draft(spec: str, target, settings: LoadSettings):
     A folder trained by our recipe with K = 1 carries the PARD keys; they are cleared on this loaded
     copy so that ``generate(assistant_model=...)`` takes transformers' assisted path, not PARD's.
     """
-    draft = load_draft_model(spec, target, settings, flag="--ar-draft")
+    # transformers' assisted generation mixes the assistant's logits into its own: keep the target's dtype
+    draft = load_draft_model(spec, target, replace(settings, draft_dtype="target"), flag="--ar-draft")
     draft.config.spd_type = None
     return draft
 
