@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..draft_config import is_pard_draft
-from ..hardware import fast_dtype, slow_dtype_warning
+from ..hardware import bf16_is_fast, fast_dtype, slow_dtype_warning
 from ..modeling import PardAutoModelForCausalLM, enable_pard
 from .embedded import load_smollm2
 
@@ -60,7 +60,7 @@ class LoadSettings:
         if self.draft_dtype == "target":
             return target_dtype
         if self.draft_dtype == "auto":
-            return torch.bfloat16 if fast_dtype(self.device) == torch.bfloat16 else target_dtype
+            return torch.bfloat16 if bf16_is_fast(self.device) else target_dtype
         return DTYPES[self.draft_dtype]
 
 
