@@ -46,6 +46,8 @@ def test_draft_dtype_auto_is_bf16_only_where_native(monkeypatch):
     assert LoadSettings(draft_dtype="auto").draft_torch_dtype(torch.float32) == torch.bfloat16
     assert LoadSettings().draft_torch_dtype(torch.float32) == torch.float32  # library default: the target's
     assert LoadSettings(draft_dtype="fp16").draft_torch_dtype(torch.float32) == torch.float16
+    # only an fp32 target's draft moves to bf16: a half-precision target keeps its own type
+    assert LoadSettings(draft_dtype="auto").draft_torch_dtype(torch.float16) == torch.float16
 
 
 def test_a_bf16_draft_of_an_fp32_target_loads_and_keeps_generate_lossless(saved, target):

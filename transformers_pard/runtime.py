@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import gqa_view
 from .cache import PardCacheManager
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
@@ -145,6 +146,7 @@ class PardRuntime:
         if entry is None or entry[0] != version:  # new, or its weight copies are stale: replace it
             module = owner if owner is source else owner.forward_module
             module = packed_view(module, rows=rows) if prepack else module
+            module = gqa_view(module) if weight.device.type == "cpu" else module
             entry = (version, ForwardFn(module, **self._compile_settings(module, build)))
         self._forwards[key] = entry  # most recently used last
         while len(self._forwards) > self.MAX_FORWARDS:

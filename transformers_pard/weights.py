@@ -20,5 +20,8 @@ def weights_version(model: torch.nn.Module) -> tuple:
             flat = p.detach().reshape(-1)
             step = max(flat.numel() // PROBE_ELEMENTS, 1)
             pointers.append((p.data_ptr(), p._version))
-            probes.append(flat[::step][:PROBE_ELEMENTS].float().cpu())
-    return tuple(pointers), torch.cat(probes).numpy().tobytes()
+            probes.append(flat[::step][:PROBE_ELEMENTS].float())
+    by_device: dict = {}
+    for probe in probes:  # one transfer per device, not one per parameter
+        by_device.setdefault(probe.device, []).append(probe)
+    return tuple(pointers), b"".join(torch.cat(group).cpu().numpy().tobytes() for group in by_device.values())

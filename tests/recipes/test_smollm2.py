@@ -19,6 +19,7 @@ from transformers_pard.apps.recipes.smollm2 import (
     run_dir_name,
 )
 from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm, tiny_tokenizer
+from transformers_pard.vocab import load_vocab_subset
 
 MASK = 95
 IDS = torch.tensor([[1, 5, 9, 20, 33, 7, 41, 12]])
@@ -303,3 +304,22 @@ def test_data_stage_can_answer_a_subset_with_the_same_held_out_split(tmp_path, m
               if json.loads(line)["mode"] == "greedy"}
     assert greedy == {"g0", "g1", "g2", "g3"}
     assert seen[-1] == torch.float32
+
+
+def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
+    draft = mark_as_pard_draft(build_cut_draft(tied_target(2), 1), mask_token_id=MASK)
+    shipped = tmp_path / "shipped"
+    draft.save_pretrained(shipped)
+    tiny_tokenizer().save_pretrained(shipped)
+    (shipped / "README.md").write_text("# card\n")
+    out = tmp_path / "data"
+    out.mkdir()
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "aab"}]}] * 3
+    (out / smollm2.DATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = smollm2.subset_stage(str(out), draft_dir=str(shipped), size=6, export_dir=str(tmp_path / "sub"))
+    ids = load_vocab_subset(folder)
+    tok = tiny_tokenizer()
+    assert ids.numel() == 6 and {tok.eos_token_id, MASK, tok.convert_tokens_to_ids("a")} <= set(ids.tolist())
+    assert json.loads((tmp_path / "sub" / "config.json").read_text())["pard_vocab_size"] == 6
+    assert "--stage subset" in (tmp_path / "sub" / "README.md").read_text()
+    assert load_vocab_subset(str(shipped)) is None  # the source folder is left as it was

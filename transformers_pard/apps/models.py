@@ -56,11 +56,13 @@ class LoadSettings:
         return DTYPES[self.dtype] or fast_dtype(self.device)
 
     def draft_torch_dtype(self, target_dtype: torch.dtype) -> torch.dtype:
-        """"target": the target's dtype; "auto": bf16 where native on the device, else the target's."""
+        """"target": the target's dtype; "auto": an fp32 target's draft in bf16 where bf16 is native on the
+        device, else the target's dtype (a half-precision target keeps its own half type)."""
         if self.draft_dtype == "target":
             return target_dtype
         if self.draft_dtype == "auto":
-            return torch.bfloat16 if bf16_is_fast(self.device) else target_dtype
+            upgrade = target_dtype == torch.float32 and bf16_is_fast(self.device)
+            return torch.bfloat16 if upgrade else target_dtype
         return DTYPES[self.draft_dtype]
 
 

@@ -1,6 +1,9 @@
 """Stage 4, ``export``: the compact bf16 draft folder committed with the package (layers only; the
 embedding is borrowed from the target at load time, see ``draft_io.py``), with a model card that
 quotes the measured tau and the train commands that made the draft (``recipe_commands``).
+
+Stage ``subset``: an existing draft folder given a vocabulary-subset head without training (the ``N``
+most frequent label tokens of the run's training data, chosen by the trainer's own rule).
 """
 
 from __future__ import annotations
@@ -8,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ....draft_io import save_compact_draft
 from ....pard2 import load_projection
-from ....vocab import attach_vocab_subset, load_vocab_subset
-from .common import TrainSettings, read_record, run_dir_name
+from ....training.data import load_training_examples
+from ....training.subset import label_tokens, subset_ids
+from ....vocab import VOCAB_SIZE_KEY, attach_vocab_subset, load_vocab_subset, save_vocab_subset
+from .common import TrainSettings, read_record, run_dir_name, training_files
 
 COMMAND = "python -m transformers_pard recipe smollm2"
 
@@ -98,4 +104,35 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     with open(os.path.join(export_dir, "README.md"), "w") as f:
         f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir),
                            vocab_subset=record.get("vocab_subset")))
+    return export_dir
+
+
+def subset_stage(out_dir: str, *, draft_dir: str, size: int, export_dir: str | None = None,
+                 max_length: int = TrainSettings.max_length) -> str:
+    """``draft_dir`` copied to ``export_dir`` (default: in place) with a vocabulary-subset head: the ``size``
+    most frequent label tokens of ``out_dir``'s training files (``training.subset_ids``, EOS and the mask
+    token always in). The weights are unchanged; the card records the subset and the command."""
+    export_dir = export_dir or draft_dir
+    if os.path.abspath(export_dir) != os.path.abspath(draft_dir):
+        shutil.copytree(draft_dir, export_dir, dirs_exist_ok=True)
+    config_path = os.path.join(export_dir, "config.json")
+    config = json.load(open(config_path))
+    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
+    examples = load_training_examples(training_files(out_dir), tokenizer, max_length=max_length)
+    ids = subset_ids(examples, size, vocab_size=config["vocab_size"],
+                     always=(tokenizer.eos_token_id, config.get("pard_token")))
+    save_vocab_subset(export_dir, ids)
+    config[VOCAB_SIZE_KEY] = int(ids.numel())
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    card = os.path.join(export_dir, "README.md")
+    if os.path.exists(card):
+        kept, labels = set(ids.tolist()), [label_tokens(example) for example in examples]
+        held, total = sum(t in kept for tokens in labels for t in tokens), sum(map(len, labels))
+        with open(card, "a") as f:
+            f.write(f"* Output head: the {size} most frequent answer tokens of the training data only "
+                    f"(`pard_vocab.safetensors`; {held / max(total, 1):.2%} of its tokens), added after training by "
+                    f"`{COMMAND} --stage subset --out {out_dir} --init-from <this folder> --vocab-subset {size}`; the draft never "
+                    "proposes another id.\n")
     return export_dir
