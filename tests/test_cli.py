@@ -37,8 +37,10 @@ def saved(tmp_path_factory):
 def test_demo_defaults():
     args = parse(["demo"])
     assert (args.target, args.draft, args.k, args.max_new_tokens) == ("smollm2", DEFAULT_DRAFT, 8, 96)
-    assert (args.dtype, args.device, args.attn, args.compile) == ("fp32", "cpu", "sdpa", False)
+    assert (args.dtype, args.device, args.attn, args.compile) == ("fp32", "cpu", "sdpa", None)
     assert args.func is demo.demo
+    assert demo.use_compile(None, torch.device("cpu")) and not demo.use_compile(None, torch.device("cuda"))
+    assert parse(["demo", "--no-compile"]).compile is False and not demo.use_compile(False, torch.device("cpu"))
 
 
 def test_bench_defaults_and_values():
@@ -145,7 +147,8 @@ def test_recipe_all_runs_every_stage_in_order(stages, tmp_path, capsys):
 
 
 def test_demo_on_saved_folders_prints_plain_generates_answers(saved, capsys):
-    cli.main(["demo", "--target", saved.target, "--draft", saved.compact_draft, "--k", "2", "--max-new-tokens", "6"])
+    cli.main(["demo", "--target", saved.target, "--draft", saved.compact_draft, "--k", "2", "--max-new-tokens", "6",
+              "--no-compile"])
     out = capsys.readouterr().out
     target, tokenizer = load_target(saved.target, LoadSettings())
     for text in demo.DEMO_PROMPTS:

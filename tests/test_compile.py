@@ -5,7 +5,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from transformers_pard import enable_pard
-from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm
+from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
 
 
 def run_calls(target, draft, calls):
@@ -34,6 +34,23 @@ def test_no_recompiles_after_warm_up():
     outputs = run_calls(target, draft, [(1, 11, 2, 30), (2, 3, 2, 9)])
     assert counter.frame_count == 2  # other prompt lengths, other lengths: no recompilation
     assert_plain_greedy(outputs)
+
+
+def test_drafting_switched_off_mid_call_keeps_the_graphs():
+    """After auto-disable the plain target steps run through the warm-up's verify graph (padded), not a new one."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter, max_cache_len=96)
+    draft = tiny_pard_draft(target)  # untrained: low acceptance
+    kwargs = dict(pard_draft=draft, num_assistant_tokens=4, pard_min_tau=3.0)
+    ids = torch.randint(3, 90, (1, 7), generator=torch.Generator().manual_seed(0))
+    target.generate(ids, max_new_tokens=8, pard_draft=draft, num_assistant_tokens=4, pard_min_tau=None)
+    assert counter.frame_count == 2
+    out = target.generate(ids, max_new_tokens=40, return_dict_in_generate=True, **kwargs)
+    assert out.pard_stats.drafting_disabled_at is not None  # plain steps ran
+    assert counter.frame_count == 2  # ... through the same two graphs
+    reference = tiny_causal_lm("llama", seed=0)
+    assert torch.equal(out.sequences, reference.generate(ids, max_new_tokens=40, do_sample=False))
 
 
 def test_growing_requests_keep_their_graphs_without_max_cache_len():

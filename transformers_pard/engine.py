@@ -161,7 +161,7 @@ class PardModels:
     draft: ForwardFn | None
     target_cache: PardStaticCache
     draft_cache: PardStaticCache | None
-    static_draft_width: bool  # compiled: the draft input always has width 2K
+    static_draft_width: bool  # compiled: fixed shapes (draft input width 2K, verify width verify_width)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,10 +243,23 @@ def verify_step(models: PardModels, state: RoundState, proposal, inputs: LoopInp
     ``[last_token, node_1..node_N]``): logits at every slot (B, T, V) and the features the draft's input
     strategy asks for (PARD-2: (B, T, D); else None)."""
     block = verifier.verify_input(state, proposal)
-    slots = models.target_cache.contiguous_slots(block.input_ids.shape[1])  # (B, T)
+    width = block.input_ids.shape[1]
+    input_ids, slots = block.input_ids, models.target_cache.contiguous_slots(width)  # (B, T), (B, T)
+    if models.static_draft_width and block.position_offsets is None and width < inputs.verify_width:
+        input_ids, slots = _pad_to_verify_width(models.target_cache, input_ids, slots, inputs.verify_width)
     layers = inputs.drafter.feature_layers if inputs.drafter is not None else None
-    return models.target(models.target_cache, block.input_ids, slots, feature_layers=layers,
-                         offsets=block.position_offsets, attention=block.attention)
+    logits, features = models.target(models.target_cache, input_ids, slots, feature_layers=layers,
+                                     offsets=block.position_offsets, attention=block.attention)
+    return logits[:, :width], None if features is None else features[:, :width]  # (B, T, V), (B, T, D)
+
+
+def _pad_to_verify_width(cache: PardStaticCache, input_ids, slots, verify_width: int):
+    """A compiled target keeps one verify shape: a narrower chain (a plain step once drafting is switched
+    off for low acceptance) gets filler columns written to the trash slot, so no call compiles a new graph."""
+    fill = verify_width - input_ids.shape[1]
+    filler = input_ids[:, -1:].expand(-1, fill)  # (B, F) any token: its logits are dropped
+    trash = slots.new_full((slots.shape[0], fill), cache.trash_slot)  # (B, F)
+    return torch.cat([input_ids, filler], dim=1), torch.cat([slots, trash], dim=1)  # (B, W), (B, W)
 
 
 # ----------------------------------------------------------------------------------------------

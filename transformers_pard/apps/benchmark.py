@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..modeling import enable_pard
+from ..training.data import user_turn
 
 METHODS = ("plain", "ar-plus", "ar-plus-compiled", "assisted", "lookup", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
            "pard2-independent")
@@ -59,10 +60,7 @@ def synchronize(device: torch.device) -> None:
 
 def chat_ids(tokenizer, text: str, device) -> torch.Tensor:
     """``text`` as one user turn through the tokenizer's chat template: (1, P) input ids."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )["input_ids"]
-    return ids.to(device)
+    return tokenizer(user_turn(tokenizer, text), add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
 
 
 def parse_methods(text: str) -> list[str]:

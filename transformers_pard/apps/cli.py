@@ -144,7 +144,9 @@ def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="plain generate vs PARD on three built-in prompts (offline by default)")
     add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--compile", action="store_true", help="enable_pard(target, compile=True)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="enable_pard(target, compile=True); default: on for a CPU target (a compiled round costs "
+                        "about half an eager one there), off elsewhere")
     p.set_defaults(func=demo)
 
 

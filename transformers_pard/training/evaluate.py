@@ -26,7 +26,7 @@ from ..drafting import resolve_pard2
 from ..pard2 import draft_inputs_embeds, target_features
 from ..vocab import vocab_subset
 from .collator import PardLayoutConfig, build_example, collate_examples, cod_keep_positions
-from .data import load_prompts
+from .data import load_prompts, user_turn
 from .target_pass import row_features
 
 __all__ = [
@@ -63,10 +63,7 @@ class TauReport:
 def prompt_ids(tokenizer, prompt: str, *, chat_template: bool) -> torch.Tensor:
     """Token ids (1, P) of a prompt, as a user turn of the chat template when asked and available."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(user_turn(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(prompt)["input_ids"]
     return torch.tensor([ids], dtype=torch.long)
