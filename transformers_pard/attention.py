@@ -24,6 +24,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from .views import module_view
+
 ATTENTION = "pard_gqa_sdpa"
 #: Keyword arguments transformers' sdpa path reads that the grouped call below does not implement.
 _DELEGATED = ("position_bias", "softcap", "s_aux", "sinks", "output_attentions")
@@ -56,32 +58,21 @@ AttentionInterface.register(ATTENTION, gqa_sdpa_attention)
 
 
 def gqa_view(model: nn.Module) -> nn.Module:
-    """A structural copy of ``model`` sharing every parameter and buffer, whose grouped-query sdpa attention
-    modules use ``ATTENTION``; ``model`` itself when it has none (or torch is older than 2.5)."""
+    """A view of ``model`` (``views.module_view``) whose grouped-query sdpa attention modules use
+    ``ATTENTION``; ``model`` itself when it has none (or torch is older than 2.5)."""
     if not gqa_available():
         return model
-    return _view(model, {})
+    configs: dict = {}  # one copy per original config
 
+    def regroup(module: nn.Module) -> nn.Module:
+        config = getattr(module, "config", None)
+        if getattr(module, "num_key_value_groups", 1) <= 1 or getattr(config, "_attn_implementation", None) != "sdpa":
+            return module
+        if id(config) not in configs:
+            configs[id(config)] = copy.deepcopy(config)
+            configs[id(config)]._attn_implementation = ATTENTION
+        view = copy.copy(module)  # shares parameters, buffers, hooks and children; its own config
+        view.config = configs[id(config)]
+        return view
 
-def _view(module: nn.Module, configs: dict) -> nn.Module:
-    children = {name: None if child is None else _view(child, configs) for name, child in module._modules.items()}
-    config = _grouped_sdpa_config(module, configs)
-    if config is None and all(children[name] is child for name, child in module._modules.items()):
-        return module
-    view = copy.copy(module)  # shares parameters, buffers, hooks; its own child table (and config)
-    view._modules = children
-    if config is not None:
-        view.config = config
-    return view
-
-
-def _grouped_sdpa_config(module: nn.Module, configs: dict):
-    """A copy of an attention module's config naming ``ATTENTION`` (one copy per original config), or None."""
-    config = getattr(module, "config", None)
-    if getattr(module, "num_key_value_groups", 1) <= 1 or getattr(config, "_attn_implementation", None) != "sdpa":
-        return None
-    if id(config) not in configs:
-        replacement = copy.deepcopy(config)
-        replacement._attn_implementation = ATTENTION
-        configs[id(config)] = replacement
-    return configs[id(config)]
+    return module_view(model, regroup)

@@ -161,7 +161,7 @@ class PardModels:
     draft: ForwardFn | None
     target_cache: PardStaticCache
     draft_cache: PardStaticCache | None
-    static_draft_width: bool  # compiled: fixed shapes (draft input width 2K, verify width verify_width)
+    static_shapes: bool  # compiled: the draft input always has width 2K, a chain verify verify_width
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _initial_state(inputs: LoopInputs, prompt_len: int, pad: torch.Tensor) -> Ro
 def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int, max_unseen: int) -> torch.Tensor:
     """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, V_target)."""
     drafter = inputs.drafter
-    width = 2 * inputs.k if models.static_draft_width else max_unseen + k - 1
+    width = 2 * inputs.k if models.static_shapes else max_unseen + k - 1
     layout = draft_layout(state.unseen, state.num_unseen, models.draft_cache, k, drafter.spec.mask_token_id, width)
     embeds = drafter.inputs.round_embeds(drafter.model, layout)  # (B, W, H) | None
     logits, _ = models.draft(models.draft_cache, layout.input_ids, layout.slots, logits_to_keep=k, inputs_embeds=embeds)
@@ -245,7 +245,7 @@ def verify_step(models: PardModels, state: RoundState, proposal, inputs: LoopInp
     block = verifier.verify_input(state, proposal)
     width = block.input_ids.shape[1]
     input_ids, slots = block.input_ids, models.target_cache.contiguous_slots(width)  # (B, T), (B, T)
-    if models.static_draft_width and block.position_offsets is None and width < inputs.verify_width:
+    if models.static_shapes and block.position_offsets is None and width < inputs.verify_width:
         input_ids, slots = _pad_to_verify_width(models.target_cache, input_ids, slots, inputs.verify_width)
     layers = inputs.drafter.feature_layers if inputs.drafter is not None else None
     logits, features = models.target(models.target_cache, input_ids, slots, feature_layers=layers,

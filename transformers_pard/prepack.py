@@ -17,12 +17,13 @@ only where the packed kernel is faster on this machine.
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 
 import torch
 from torch import nn
+
+from .views import module_view
 
 
 def prepack_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -69,17 +70,13 @@ def packed_is_faster(in_features: int, out_features: int, bias: bool, rows: int)
 
 
 def packed_view(model: nn.Module, *, rows: int) -> nn.Module:
-    """A structural copy of ``model`` sharing every parameter and buffer, with ``PackedLinear`` in place
-    of each ``nn.Linear`` whose shape runs faster packed on this CPU (see module docstring). The original
-    is left untouched; subtrees without a packed linear are shared as they are (the model itself when
-    none is packed)."""
-    if isinstance(model, nn.Linear):
-        faster = packed_is_faster(model.in_features, model.out_features, model.bias is not None, rows)
-        return PackedLinear(model, rows) if faster else model
-    children = {name: None if child is None else packed_view(child, rows=rows)
-                for name, child in model._modules.items()}
-    if all(children[name] is child for name, child in model._modules.items()):
-        return model
-    view = copy.copy(model)  # shares parameters, buffers, hooks and config; its own child table
-    view._modules = children
-    return view
+    """A view of ``model`` (``views.module_view``) with ``PackedLinear`` in place of each ``nn.Linear``
+    whose shape runs faster packed on this CPU (see module docstring); the model itself when none is."""
+
+    def pack(module: nn.Module) -> nn.Module:
+        if not isinstance(module, nn.Linear):
+            return module
+        faster = packed_is_faster(module.in_features, module.out_features, module.bias is not None, rows)
+        return PackedLinear(module, rows) if faster else module
+
+    return module_view(model, pack)

@@ -122,7 +122,7 @@ class PardRuntime:
             draft=draft_fn,
             target_cache=self.caches.cache("target", target, batch_size=batch, needed=needed),
             draft_cache=None if draft is None else self.caches.cache("draft", draft, batch_size=batch, needed=needed),
-            static_draft_width=compile_mode is not None,
+            static_shapes=compile_mode is not None,
         )
 
     def _forward_functions(self, target, drafter: Drafter | None, compile_mode, device, widths: tuple[int, int]):
