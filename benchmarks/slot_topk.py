@@ -39,23 +39,16 @@ from transformers_pard.pard2 import draft_inputs_embeds, target_features
 from transformers_pard.training.collator import build_example, collate_examples
 from transformers_pard.training.data import load_prompts
 from transformers_pard.training.evaluate import prompt_ids
-from transformers_pard.tree import static_shape
+from transformers_pard.tree import TokenTree, dynamic_tree_from_topk, greedy_accept, static_shape
 
-try:  # the applications are moving under transformers_pard.apps
-    from transformers_pard.apps.embedded import load_smollm2
-except ImportError:
-    from transformers_pard.embedded import load_smollm2
-try:  # training.pard2 is being split; row_features lands in training.target_pass
-    from transformers_pard.training.target_pass import row_features
-except ImportError:
-    from transformers_pard.training.pard2 import row_features
-try:
-    from transformers_pard.apps.recipes.prompts import build_prompt_records
-except ImportError:
-    from transformers_pard.recipes.prompts import build_prompt_records
+from transformers_pard.apps.embedded import load_smollm2
+from transformers_pard.apps.recipes.prompts import build_prompt_records
+from transformers_pard.training.target_pass import row_features
 
 DEFAULT_DRAFT = os.path.join(os.path.dirname(transformers_pard.__file__), "assets", "smollm2-pard-k8")
 BUDGETS = (16, 32, 64)
+TREE_BUDGETS = (8, 12, 16, 24, 32)  # dynamic trees simulated on the same rounds
+TREE_TOP_N = 4  # children per expanded node (TreeVerifier's default)
 
 
 def heldout_prompts(limit: int, *, num_prompts: int, heldout: int, seed: int) -> list[str]:
@@ -100,9 +93,9 @@ def answer_layout(input_ids: torch.Tensor, start: int, k: int, mask_token_id: in
 
 
 @torch.no_grad()
-def slot_hits(target, drafter, sequence: list[int], start: int, *, k: int, topk: int):
-    """Counts for one sequence: hits (K, R) -- target token within the draft's top-(r+1) at slot i+1 --
-    and positions (K,) counted per slot."""
+def slot_logits(target, drafter, sequence: list[int], start: int, *, k: int):
+    """One target and one draft forward over a sequence: the target's choice after every prefix (L,),
+    and the draft's target-vocabulary logits (n, V) of the answer rows with their copy and position (n,)."""
     input_ids = torch.tensor(sequence)  # (L,)
     pard2 = drafter.inputs.config if isinstance(drafter.inputs, Pard2Inputs) else None
     out = target(input_ids[None], output_hidden_states=pard2 is not None)
@@ -117,10 +110,50 @@ def slot_hits(target, drafter, sequence: list[int], start: int, *, k: int, topk:
     logits = drafter.forward_module(input_ids=None if embeds is not None else batch["input_ids"], inputs_embeds=embeds,
                                     attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
     counted = (position >= start - 1 + copy) & (position <= input_ids.numel() - 2)  # (N,) answer rows only
-    top = drafter.to_target_vocab(logits)[0, counted].topk(topk, dim=-1).indices  # (n, R)
-    within = (top == choice[position[counted], None]).long().cumsum(1).clamp(max=1)  # (n, R) cumulative hit
-    hits = torch.zeros(k, topk, dtype=torch.long).index_add_(0, copy[counted], within)  # (K, R)
-    return hits, torch.bincount(copy[counted], minlength=k)  # (K, R), (K,)
+    return choice, drafter.to_target_vocab(logits)[0, counted], copy[counted], position[counted]
+
+
+def slot_hits(choice, logits, copy, position, *, k: int, topk: int):
+    """hits (K, R) -- target token within the draft's top-(r+1) at slot i+1 -- and positions (K,) per slot."""
+    top = logits.topk(topk, dim=-1).indices  # (n, R)
+    within = (top == choice[position, None]).long().cumsum(1).clamp(max=1)  # (n, R) cumulative hit
+    hits = torch.zeros(k, topk, dtype=torch.long).index_add_(0, copy, within)  # (K, R)
+    return hits, torch.bincount(copy, minlength=k)  # (K, R), (K,)
+
+
+def round_slots(choice, logits, copy, position, start: int, *, k: int, top_n: int):
+    """Every round start p = start-1 .. L-2 at once: the K slot top-n (log q (P, K, n), ids (P, K, n);
+    -inf where the slot is past the text) and the target's choice at each depth, ``choice[p + d]``
+    (P, K+1; -1 past the text), which on target-greedy text is its choice after any correct node."""
+    first, last = start - 1, choice.numel() - 2
+    rounds = last - first + 1
+    log_q = torch.full((rounds, k, top_n), float("-inf"))  # (P, K, n)
+    ids = torch.zeros(rounds, k, top_n, dtype=torch.long)  # (P, K, n)
+    for chunk in torch.arange(logits.shape[0]).split(512):
+        values, indices = logits[chunk].float().log_softmax(-1).topk(top_n, dim=-1)  # (c, n)
+        p = position[chunk] - copy[chunk] - first  # (c,) the round each row is a slot of
+        log_q[p, copy[chunk]], ids[p, copy[chunk]] = values, indices
+    at = torch.arange(first, last + 1)[:, None] + torch.arange(k + 1)  # (P, K+1) p + d
+    by_depth = torch.where(at <= last, choice[at.clamp(max=choice.numel() - 1)], -1)  # (P, K+1)
+    return log_q, ids, by_depth
+
+
+def tree_accepted(log_q, ids, by_depth, budget: int) -> torch.Tensor:
+    """Tokens a greedy dynamic tree of ``budget`` nodes accepts in each round (P,); ``budget`` = K with
+    one child per node is the chain."""
+    tree = dynamic_tree_from_topk(log_q, ids, budget=budget)
+    depth = torch.cat([torch.zeros_like(tree.depth[:, :1]), tree.depth], dim=1)  # (P, 1+N)
+    return greedy_accept(tree, by_depth.gather(1, depth)).num_accepted
+
+
+def static_accepted(ids, by_depth, shape) -> torch.Tensor:
+    """Tokens the static tree ``shape`` (ranks within ``ids``' top-n) accepts in each round (P,)."""
+    parents, depth, rank = shape.tensors()  # (N,) each
+    rounds = ids.shape[0]
+    tree = TokenTree(ids[:, depth - 1, rank], parents.expand(rounds, -1), depth.expand(rounds, -1),
+                     rank.expand(rounds, -1), shape.k)
+    depth0 = torch.cat([torch.zeros(1, dtype=torch.long), depth])  # (1+N,)
+    return greedy_accept(tree, by_depth[:, depth0]).num_accepted
 
 
 def estimated_tau(paths, share: list[list[float]]) -> float:
@@ -163,6 +196,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--write-config", action="store_true",
+                        help="store the table in the draft folder's config.json (pard_tree_topk_accuracy): "
+                             "generate(pard_tree=N) then builds the greedy tree's static shape from it")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/slot-topk-<draft>.json)")
     return parser.parse_args()
 
@@ -183,14 +219,26 @@ def main() -> None:
     prompts, source = load_prompt_set(args)
     target, tokenizer = load_smollm2(dtype=torch.float32)
     drafter = resolve_draft(target, load_draft(args.draft, target=target).eval(), pard_mode=args.pard_mode)
-    sequences = greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size)
+    cache = f"{args.prompts}.greedy{args.max_new_tokens}-{args.limit}.json" if args.prompts else None
+    if cache and os.path.exists(cache):  # the answers benchmarks/tf_tau.py cached for the same prompts
+        sequences = [tuple(s) for s in json.load(open(cache))]
+    else:
+        sequences = greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                   batch_size=args.batch_size)
     answered = time.perf_counter()
     hits, positions = torch.zeros(args.k, args.topk, dtype=torch.long), torch.zeros(args.k, dtype=torch.long)
+    rounds = []
     for sequence, start in sequences:
-        row_hits, row_positions = slot_hits(target, drafter, sequence, start, k=args.k, topk=args.topk)
+        choice, logits, copy, position = slot_logits(target, drafter, sequence, start, k=args.k)
+        row_hits, row_positions = slot_hits(choice, logits, copy, position, k=args.k, topk=args.topk)
         hits, positions = hits + row_hits, positions + row_positions
+        rounds.append(round_slots(choice, logits, copy, position, start, k=args.k, top_n=args.topk))
     table = hits.double() / positions.clamp(min=1)[:, None].double()  # (K, R)
+    log_q, ids, by_depth = (torch.cat(parts) for parts in zip(*rounds))
+    accepted = {"chain": tree_accepted(log_q[..., :1], ids[..., :1], by_depth, args.k)}
+    for budget in TREE_BUDGETS:
+        accepted[f"dynamic-{budget}"] = tree_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, budget)
+        accepted[f"static-{budget}"] = static_accepted(ids, by_depth, static_shape(table, budget))
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "draft": args.draft, "pard_mode": args.pard_mode, "prompts": source, "num_prompts_used": len(prompts),
@@ -199,6 +247,10 @@ def main() -> None:
         "positions_per_slot": positions.tolist(),
         "table": [[round(v, 4) for v in row] for row in table.tolist()],  # [slot][r]: within top-(r+1)
         "tree_shapes": tree_shapes(table),
+        # teacher-forced tau (a round at every answer position) of the chain, of greedy dynamic trees
+        # (top-TREE_TOP_N children) and of the static shapes chosen from this table, on the same rounds
+        "rounds": int(by_depth.shape[0]),
+        "tree_tau": {name: round(1 + a.double().mean().item(), 4) for name, a in accepted.items()},
         "seconds": {"answers": round(answered - started, 1), "total": round(time.perf_counter() - started, 1)},
         "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "python": platform.python_version(), "machine": platform.machine(),
@@ -209,8 +261,36 @@ def main() -> None:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
+    if args.write_config:
+        write_table(args.draft, result["table"], static_min_nodes(result["tree_tau"]))
     print_table(table)
+    print("teacher-forced tau:", result["tree_tau"])
     print(f"wrote {out}")
+
+
+def static_min_nodes(tree_tau: dict) -> int:
+    """The smallest measured budget from which the static shape accepts at least as much as the dynamic
+    tree at every measured budget (one past the largest when it never does)."""
+    budgets = sorted(TREE_BUDGETS, reverse=True)
+    smallest = budgets[0] + 1
+    for budget in budgets:
+        if tree_tau[f"static-{budget}"] < tree_tau[f"dynamic-{budget}"]:
+            break
+        smallest = budget
+    return smallest
+
+
+def write_table(folder: str, table: list[list[float]], static_from: int) -> None:
+    """The table and the budget the greedy tree turns static at, into the draft folder's config.json."""
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["pard_tree_topk_accuracy"] = table
+    config["pard_tree_static_min_nodes"] = static_from
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print(f"wrote pard_tree_topk_accuracy and pard_tree_static_min_nodes = {static_from} to {path}")
 
 
 def print_table(table: torch.Tensor) -> None:

@@ -178,7 +178,7 @@ def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):
     assert report["settings"] == {
         "target": saved.target, "draft": saved.compact_draft, "ar_draft": saved.ar_draft,
         "pard2_draft": saved.pard2_draft, "methods": methods, "k": 2, "max_new_tokens": 6, "dtype": "fp32", "draft_dtype": "auto",
-        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 24,
+        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 8,
         "prompts": [saved.prompts],
         "limit": 2}
     models = report["models"]

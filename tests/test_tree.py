@@ -13,8 +13,8 @@ from scipy.stats import chisquare
 from transformers_pard import tree as tree_module
 from transformers_pard.scoring import Scorer
 from transformers_pard.tree import (
-    TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, static_shape, static_tree,
-    tree_attention, verify_layout,
+    TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
+    static_tree, tree_attention, verify_layout,
 )
 from transformers_pard.verification import GreedyVerifier
 
@@ -91,6 +91,32 @@ def test_verify_layout_adds_the_root():
         1 . 1 .
         1 1 . 1
     """))
+
+
+def test_shape_attention_is_the_static_trees_attention():
+    shape = TreeShape(DOC_PATHS, k=3)
+    tree = static_tree(torch.randn(2, 3, 7), shape)
+    assert torch.equal(shape_attention(shape), tree_attention(tree)[0])
+    last = torch.tensor([4, 5])
+    given, built = verify_layout(tree, last, node_attention=shape_attention(shape)), verify_layout(tree, last)
+    assert torch.equal(given.attention, built.attention) and torch.equal(given.input_ids, built.input_ids)
+
+
+def test_a_measured_table_makes_the_greedy_tree_static():
+    from transformers_pard.scoring import Scorer
+    from transformers_pard.verification import TreeVerifier
+
+    table = [[0.3, 0.5, 0.6], [0.2, 0.3, 0.4], [0.1, 0.2, 0.25]]
+    logits = torch.randn(2, 3, 11)
+    static = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
+    assert static.shape == static_shape(torch.tensor(table), 5)
+    tree, q = static.propose(None, logits)
+    expected = static_tree(logits, static.shape)
+    assert q is None and torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
+    dynamic = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False)
+    too_small = TreeVerifier(Scorer(None), budget=5, k=1, sampling=False, topk_accuracy=table)  # 3 ranks, 1 level
+    assert dynamic.shape is None and too_small.shape is None
+    assert torch.equal(dynamic.propose(None, logits)[0].tokens, dynamic_tree(logits, budget=5, top_n=4).tokens)
 
 
 @pytest.mark.parametrize("parents, message", [([[-1, 1]], "topological"), ([[0, -1]], "topological")])
@@ -417,14 +443,17 @@ def test_sampling_accept_path_contract():
     lengths=st.sampled_from([1, 3]).flatmap(lambda b: st.lists(st.integers(1, 10), min_size=b, max_size=b)),
     max_new_tokens=st.integers(1, 20),
     seed=st.integers(0, 2**16),
+    measured=st.booleans(),
 )
-def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed):
+def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed, measured):
     from transformers_pard.testing import left_padded_batch, perturbed_pard_draft
 
     target = targets[arch]
     ids, mask = left_padded_batch(lengths, seed)
     expected = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
     draft = perturbed_pard_draft(target, seed=seed, noise=0.5)
+    if measured:  # a static shape from a per-slot table (ranks 1..3), else the dynamic tree
+        draft.config.pard_tree_topk_accuracy = [[0.4, 0.5, 0.55], [0.25, 0.35, 0.4], [0.1, 0.2, 0.25]]
     out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pard_draft=draft,
                           num_assistant_tokens=k, pard_tree=budget, pard_min_tau=None)
     assert torch.equal(out, expected)

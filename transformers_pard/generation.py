@@ -276,7 +276,9 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
     if call_args["schedule"].schedule != "constant" or config.num_assistant_tokens_schedule not in (None, "constant"):
         raise ValueError("pard_tree needs the 'constant' num_assistant_tokens_schedule (the tree has K levels).")
     accuracy = getattr(draft.config, "pard_tree_topk_accuracy", None)
-    return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy)
+    static_from = int(getattr(draft.config, "pard_tree_static_min_nodes", 1))
+    return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy,
+                        static_min_nodes=static_from)
 
 
 def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):

@@ -48,6 +48,7 @@ import torch
 
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
+    "dynamic_tree_from_topk", "shape_attention",
     "sampled_tree", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
@@ -183,7 +184,16 @@ def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> Toke
     batch, k, vocab = draft_logits.shape  # (B, K, V)
     if not 1 <= top_n <= vocab:
         raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
-    log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
+    logits = draft_logits.float()  # (B, K, V)
+    top, candidates = logits.topk(top_n, dim=-1)  # (B, K, n) each
+    log_q = top - logits.logsumexp(-1, keepdim=True)  # (B, K, n): log-softmax of the top n only
+    return dynamic_tree_from_topk(log_q, candidates, budget=budget)
+
+
+def dynamic_tree_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *, budget: int) -> TokenTree:
+    """``dynamic_tree`` given each slot's top-n already: ``log_q`` (B, K, n) their log-probabilities
+    (descending), ``candidates`` (B, K, n) their token ids."""
+    batch, k, top_n = log_q.shape  # (B, K, n)
     score, parent, depth, rank, tokens = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
     if score.shape[1] < budget:
         raise ValueError(f"K = {k} slots with top_n = {top_n} give only {score.shape[1]} nodes, "
@@ -261,6 +271,13 @@ def tree_attention(tree: TokenTree) -> torch.Tensor:
     return seen
 
 
+def shape_attention(shape: TreeShape) -> torch.Tensor:
+    """``tree_attention`` of a static shape (N, N): the same every round, so build it once."""
+    parents, depth, rank = shape.tensors()  # (N,) each
+    tokens = torch.zeros_like(parents)[None]  # (1, N) the tokens play no part in the mask
+    return tree_attention(TokenTree(tokens, parents[None], depth[None], rank[None], shape.k))[0]
+
+
 @dataclass(frozen=True)
 class VerifyLayout:
     """The target's verify input over ``[root, node 0 .. node N-1]`` (width 1 + N)."""
@@ -270,14 +287,16 @@ class VerifyLayout:
     attention: torch.Tensor  # (B, 1+N, 1+N) bool: everyone sees the root; nodes see their ancestors and themselves
 
 
-def verify_layout(tree: TokenTree, last_token: torch.Tensor) -> VerifyLayout:
+def verify_layout(tree: TokenTree, last_token: torch.Tensor, *, node_attention: torch.Tensor | None = None) -> VerifyLayout:
     """The verify block of a round; ``last_token`` (B,) is the root. The cache part (committed keys,
-    visible to every query of the block) is the cache's own mask; combine the two."""
+    visible to every query of the block) is the cache's own mask; combine the two. ``node_attention``
+    (N, N): ``shape_attention`` of the tree's static shape, when it has one (saves K-1 gathers)."""
     batch, n = tree.tokens.shape
     input_ids = torch.cat([last_token[:, None], tree.tokens], dim=1)  # (B, 1+N)
     offsets = torch.cat([torch.zeros_like(tree.depth[:, :1]), tree.depth], dim=1)  # (B, 1+N)
     root_row = torch.zeros(batch, 1, n, dtype=torch.bool, device=tree.tokens.device)  # (B, 1, N) the root sees no node
-    nodes = torch.cat([root_row, tree_attention(tree)], dim=1)  # (B, 1+N, N)
+    seen = tree_attention(tree) if node_attention is None else node_attention.to(tree.tokens.device).expand(batch, n, n)
+    nodes = torch.cat([root_row, seen], dim=1)  # (B, 1+N, N)
     attention = torch.cat([nodes.new_ones(batch, 1 + n, 1), nodes], dim=2)  # (B, 1+N, 1+N)
     return VerifyLayout(input_ids, offsets, attention)
 

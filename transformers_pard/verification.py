@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .scoring import Scorer
-from .tree import TokenTree, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, static_shape, verify_layout
+from .tree import (TokenTree, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
+                   static_tree, verify_layout)
 
 
 @dataclass
@@ -123,9 +124,9 @@ class SamplingVerifier(ChainVerifier):
         return torch.multinomial(residual, 1)[:, 0]
 
 
-#: Per-slot cumulative top-k accuracy used to shape sampled trees when the draft records none
-#: (``pard_tree_topk_accuracy`` in its config): the shipped SmolLM2 draft's, teacher-forced
-#: (benchmarks/slot_topk.py), ranks 1..4.
+#: Per-slot cumulative top-k accuracy that shapes sampled trees when the draft records none
+#: (``pard_tree_topk_accuracy`` in its config, written by benchmarks/slot_topk.py --write-config): a
+#: generic, fairly confident draft, ranks 1..4. A greedy tree without a measured table is dynamic instead.
 DEFAULT_TOPK_ACCURACY = (
     (0.62, 0.73, 0.79, 0.81), (0.43, 0.58, 0.65, 0.70), (0.30, 0.44, 0.51, 0.55), (0.24, 0.38, 0.45, 0.50),
     (0.19, 0.32, 0.40, 0.45), (0.17, 0.29, 0.35, 0.42), (0.14, 0.25, 0.31, 0.36), (0.12, 0.22, 0.29, 0.35),
@@ -143,18 +144,26 @@ def expansion_width(budget: int, k: int, vocab: int, preferred: int) -> int:
 
 class TreeVerifier:
     """Verify a token tree of N nodes per row (``tree.py``) built from the K slot distributions of one
-    draft forward. Greedy: the EAGLE-2-style dynamic tree (the N nodes of highest path probability) and
-    the longest agreeing root path. Sampling: a tree of i.i.d. draws from q in a static shape and the
-    multi-candidate rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are
-    plain chain steps. Logits processors must not depend on the prefix (each node has its own)."""
+    draft forward. Greedy: the static shape chosen from the draft's measured per-slot top-k accuracies
+    (``pard_tree_topk_accuracy``; where it accepts more than the dynamic tree: every budget from ``pard_tree_static_min_nodes`` on, as benchmarks/slot_topk.py measured it), or, without
+    them, below that budget, or when their ranks cannot hold N nodes in K levels, the EAGLE-2-style
+    dynamic tree (the N nodes of
+    highest draft path probability); then the longest agreeing root path. Sampling: a tree of i.i.d.
+    draws from q in a static shape and the multi-candidate rule (exact; see ``tree.sampling_accept``).
+    Rounds without drafting (K = 0) are plain chain steps. Logits processors must not depend on the
+    prefix (each node has its own)."""
 
-    def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4):
+    def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
+                 static_min_nodes: int = 1):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
-        self.shape = static_shape(accuracy[:k], budget) if sampling else None
+        holds = budget <= sum(accuracy.shape[1] ** d for d in range(1, k + 1))  # else only a dynamic tree can
+        static = topk_accuracy is not None and holds and budget >= static_min_nodes
+        self.shape = static_shape(accuracy[:k], budget) if sampling or static else None
+        self.node_attention = None if self.shape is None else shape_attention(self.shape)  # (N, N), every round
 
     def verify_width(self, k: int) -> int:
         return 1 + self.budget
@@ -162,6 +171,8 @@ class TreeVerifier:
     def propose(self, state, draft_logits: torch.Tensor):
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
+        if not self.sampling and self.shape is not None:
+            return static_tree(scores, self.shape), None
         if not self.sampling:
             top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
             return dynamic_tree(scores, budget=self.budget, top_n=top_n), None
@@ -171,7 +182,7 @@ class TreeVerifier:
     def verify_input(self, state, proposal) -> VerifyInput:
         if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step
             return self.chain.verify_input(state, proposal)
-        layout = verify_layout(proposal, state.last_token)
+        layout = verify_layout(proposal, state.last_token, node_attention=self.node_attention)
         return VerifyInput(layout.input_ids, layout.position_offsets, layout.attention)
 
     def accept(self, state, proposal, q, target_logits) -> Verdict:

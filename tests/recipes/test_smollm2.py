@@ -193,6 +193,20 @@ def test_model_card_variants():
     assert "Target-independent" not in model_card(k=8, num_layers=3, tau=TAU, pard2=True)
 
 
+def test_model_card_says_what_data_the_run_read(tmp_path):
+    from transformers_pard.apps.recipes.smollm2.export import data_summary
+
+    tokenizer = tiny_tokenizer()
+    rows = [{"id": "g0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c"}]}] * 2
+    for name in ("distill.jsonl", "distill-instruct-s2.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokens = len(tokenizer("a b c", add_special_tokens=False)["input_ids"])
+    summary = data_summary(str(tmp_path), tokenizer)
+    assert summary == (f"`distill.jsonl` 2 answers / {2 * tokens:,} tokens; "
+                       f"`distill-instruct-s2.jsonl` 2 answers / {2 * tokens:,} tokens")
+    assert f"* Data of the last run: {summary}." in model_card(k=8, num_layers=3, tau=None, data=summary)
+
+
 def write_recipe(folder, **overrides):
     record = {"k": 8, "num_layers": 3, "epochs": 1.0, "max_steps": -1, "lr": 3e-4, "warmup_steps": 20,
               "init_from": None, "run_name": None, "pard2": False, "pard2_layers": [-1, -20], "pard2_scale": 0.1}

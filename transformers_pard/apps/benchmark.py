@@ -157,7 +157,7 @@ class Runner:
 
     def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
                  max_new_tokens: int = 128, min_tau: float | None = None, phase_timing: bool = True,
-                 tree_nodes: int = 24):
+                 tree_nodes: int = 8):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
         self.pard2_draft, self.k, self.max_new_tokens = pard2_draft, k, max_new_tokens
         self.min_tau, self.phase_timing, self.tree_nodes = min_tau, phase_timing, tree_nodes

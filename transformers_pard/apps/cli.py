@@ -137,7 +137,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="dtype of the drafts (never changes the output): auto = bf16 where native, else the "
                         "target's; target = the target's")
     p.add_argument("--k", type=int, default=8, help="draft tokens per round")
-    p.add_argument("--tree-nodes", type=int, default=24, help="pard-tree methods: token-tree nodes verified per round")
+    p.add_argument("--tree-nodes", type=int, default=8,
+                   help="pard-tree methods: token-tree nodes verified per round (8: the chain's verify width at K=8)")
 
 
 def add_demo_parser(sub) -> None:

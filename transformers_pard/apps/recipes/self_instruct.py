@@ -57,6 +57,20 @@ INSTRUCT_FILE = "distill-instruct.jsonl"  # answers to the usable questions (tra
 HELDOUT_INSTRUCT_FILE = "heldout_instruct.jsonl"  # the first usable questions, held out for tuning
 
 
+def seeded_name(name: str, seed: int) -> str:
+    """``name`` for seed 0, ``stem-s{seed}.jsonl`` for another seed: more data in the same folder."""
+    return name if seed == 0 else name.replace(".jsonl", f"-s{seed}.jsonl")
+
+
+def heldout_prompts(out_dir: str) -> set[str]:
+    """The prompts of ``out_dir``'s held-out instruct split (empty before seed 0 has run)."""
+    path = os.path.join(out_dir, HELDOUT_INSTRUCT_FILE)
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {json.loads(line)["data"] for line in f if line.strip()}
+
+
 def meta_jobs(n: int, *, seed: int = 0) -> list[tuple[str, str, bool]]:
     """``n`` sampled jobs ``(id, meta-prompt, True)``; the id names the family (``q-math-17``)."""
     rng = random.Random(seed)
@@ -109,27 +123,41 @@ def to_prompt(family: str, generated: str, rng: random.Random) -> str | None:
     return text if 20 <= len(text) <= 800 else None
 
 
-def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, batch_size: int = 64,
-                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40) -> str:
-    """Questions (``questions.jsonl``), then greedy answers to them (``distill-instruct.jsonl``). The first
-    ``heldout`` usable questions go to ``heldout_instruct.jsonl`` instead (tuning split). Returns the data path."""
-    os.makedirs(out_dir, exist_ok=True)
-    questions = os.path.join(out_dir, QUESTIONS_FILE)
-    torch.manual_seed(seed)
-    distill(model, tokenizer, meta_jobs(num_questions, seed=seed), questions, batch_size=batch_size,
-            max_new_tokens=96, temperature=0.9)
-    rng, prompts, seen = random.Random(seed), [], set()
+def usable_prompts(questions: str, rng: random.Random, exclude: set[str]) -> list[tuple[str, str]]:
+    """``(answer id, prompt)`` for each distinct usable question of the file, none of ``exclude``."""
     with open(questions) as f:
         rows = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+    prompts, seen = [], set(exclude)
     for row in rows:
         prompt = to_prompt(row["id"].split("-")[1], row["messages"][1]["content"], rng)
         if prompt is not None and prompt not in seen:
             seen.add(prompt)
             prompts.append((row["id"].replace("q-", "a-", 1), prompt))
-    with open(os.path.join(out_dir, HELDOUT_INSTRUCT_FILE), "w") as f:
-        for _, prompt in prompts[:heldout]:
-            f.write(json.dumps({"data": prompt}) + "\n")
-    path = os.path.join(out_dir, INSTRUCT_FILE)
-    jobs = [(job_id, prompt, False) for job_id, prompt in prompts[heldout:]]
-    distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return prompts
+
+
+def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, batch_size: int = 64,
+                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40) -> str:
+    """Questions (``questions.jsonl``), then greedy answers to them (``distill-instruct.jsonl``). Seed 0's
+    first ``heldout`` usable questions go to ``heldout_instruct.jsonl`` instead (tuning split); another seed
+    adds ``questions-s{seed}.jsonl`` / ``distill-instruct-s{seed}.jsonl``, never a held-out prompt. Returns
+    the data path."""
+    held = heldout_prompts(out_dir)
+    if seed != 0 and not held:
+        raise ValueError(f"run the instruct stage with --seed 0 on {out_dir} first: it writes the held-out split "
+                         "that other seeds' data must not contain.")
+    os.makedirs(out_dir, exist_ok=True)
+    questions = os.path.join(out_dir, seeded_name(QUESTIONS_FILE, seed))
+    torch.manual_seed(seed)
+    distill(model, tokenizer, meta_jobs(num_questions, seed=seed), questions, batch_size=batch_size,
+            max_new_tokens=96, temperature=0.9)
+    prompts = usable_prompts(questions, random.Random(seed), held)
+    if seed == 0:
+        with open(os.path.join(out_dir, HELDOUT_INSTRUCT_FILE), "w") as f:
+            for _, prompt in prompts[:heldout]:
+                f.write(json.dumps({"data": prompt}) + "\n")
+        prompts = prompts[heldout:]
+    path = os.path.join(out_dir, seeded_name(INSTRUCT_FILE, seed))
+    distill(model, tokenizer, [(job_id, prompt, False) for job_id, prompt in prompts], path,
+            batch_size=batch_size, max_new_tokens=max_new_tokens)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -117,10 +118,15 @@ def run_dir_name(k: int, num_layers: int, pard2: bool = False) -> str:
 
 
 def training_files(out_dir: str) -> tuple[str, ...]:
-    """The ``TRAINING_FILES`` present under ``out_dir`` (the data stage's file when none is: the trainer
-    then says it is missing)."""
-    found = tuple(os.path.join(out_dir, name) for name in TRAINING_FILES if os.path.exists(os.path.join(out_dir, name)))
-    return found or (os.path.join(out_dir, DATA_FILE),)
+    """The ``TRAINING_FILES`` present under ``out_dir``, each with its other seeds' files
+    (``distill-instruct-s1.jsonl``...); the data stage's file when none is (the trainer then says it is missing)."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    found = []
+    for base in TRAINING_FILES:
+        pattern = re.compile(re.escape(base[:-len(".jsonl")]) + r"(?:-s(\d+))?\.jsonl")
+        seeds = {int(m.group(1) or 0): name for name in names if (m := pattern.fullmatch(name))}
+        found += [os.path.join(out_dir, seeds[seed]) for seed in sorted(seeds)]
+    return tuple(found) or (os.path.join(out_dir, DATA_FILE),)
 
 
 def use_bf16(choice: str) -> bool:

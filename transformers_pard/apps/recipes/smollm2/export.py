@@ -58,8 +58,21 @@ def recipe_commands(run_dir: str) -> list[str]:
     return (recipe_commands(parent) if parent else []) + [command]
 
 
+def data_summary(out_dir: str, tokenizer) -> str:
+    """One line on the training data: answers and answer tokens per training file of ``out_dir``."""
+    parts = []
+    for path in training_files(out_dir):
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            answers = [json.loads(line)["messages"][-1]["content"] for line in f if line.strip()]
+        tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+        parts.append(f"`{os.path.basename(path)}` {len(answers):,} answers / {tokens:,} tokens")
+    return "; ".join(parts)
+
+
 def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False,
-               commands: list[str] | None = None, vocab_subset: int | None = None) -> str:
+               commands: list[str] | None = None, vocab_subset: int | None = None, data: str | None = None) -> str:
     measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
                 f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
                 if tau else "tau: not measured.")
@@ -70,6 +83,7 @@ def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False
                      if tau and "tau_independent" in tau else "")
     commands = commands or [f"{COMMAND} --k {k} --num-layers {num_layers}"]
     steps = "; then ".join(f"`{c}`" for c in commands)
+    data_line = f"\n* Data of the last run: {data}." if data else ""
     head = (f"\n* Output head: the {vocab_subset} most frequent answer tokens only (`pard_vocab.safetensors`); "
             "the draft never proposes another id." if vocab_subset else "")
     return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
@@ -79,9 +93,10 @@ def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False
   the target's own (frozen, not stored here: `pard_embedding_from_target: true`), except the trained
   row of the mask token `<empty_output>` (`pard_token`).{head}
 * Training: {steps} -- our own
-  template prompts (arithmetic word problems, Python function tasks, general instructions; not the
-  benchmark prompts), answered by the target (greedy, plus sampled answers for the non-arithmetic
-  prompts), PARD training with K={k} copies and COD (r=0.7, r_min=0.2), embedding frozen.
+  prompts, never the benchmark's: templates (arithmetic word problems, Python function tasks, general
+  instructions; `--stage data`) and requests the target wrote itself (`--stage instruct`, one file per
+  `--seed`), answered by the target (greedy, plus sampled answers for the non-arithmetic templates),
+  PARD training with K={k} copies and COD (r=0.7, r_min=0.2), embedding frozen.{data_line}
 * {measured}
 * Load: `transformers_pard.draft_io.load_draft(path, target=target)`; a plain HF folder for vLLM /
   TensorRT-LLM: `transformers_pard.draft_io.export_full_draft`.
@@ -103,7 +118,8 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     record = read_record(run_dir) or {}
     with open(os.path.join(export_dir, "README.md"), "w") as f:
         f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir),
-                           vocab_subset=record.get("vocab_subset")))
+                           vocab_subset=record.get("vocab_subset"),
+                           data=data_summary(out_dir, AutoTokenizer.from_pretrained(run_dir))))
     return export_dir
 
 

@@ -1,0 +1,39 @@
+"""The instruct stage: questions the target writes, its answers, and more data from other seeds."""
+
+import json
+
+import pytest
+
+from transformers_pard.apps.recipes import self_instruct
+from transformers_pard.apps.recipes.smollm2.common import training_files
+
+
+def fake_distill(model, tokenizer, jobs, out_path, **kwargs):
+    """Questions: "How many apples are 2 + n apples?" with n from the job's index mod 12 (so seeds overlap); answers: "ok"."""
+    with open(out_path, "a") as f:
+        for job_id, prompt, _ in jobs:
+            text = f"How many apples are 2 + {int(job_id.rsplit('-', 1)[1]) % 12} apples?" if job_id.startswith("q-") else "ok"
+            f.write(json.dumps({"id": job_id, "messages": [{"role": "user", "content": prompt},
+                                                           {"role": "assistant", "content": text}]}) + "\n")
+    return len(jobs)
+
+
+def prompts_of(path):
+    return [json.loads(line)["messages"][0]["content"] for line in open(path)]
+
+
+def test_another_seed_adds_data_and_never_a_held_out_prompt(tmp_path, monkeypatch):
+    monkeypatch.setattr(self_instruct, "distill", fake_distill)
+    out = str(tmp_path)
+    with pytest.raises(ValueError, match="--seed 0"):
+        self_instruct.self_instruct_stage(None, None, out, num_questions=30, seed=1, heldout=3)
+    first = self_instruct.self_instruct_stage(None, None, out, num_questions=30, seed=0, heldout=3)
+    held = (tmp_path / self_instruct.HELDOUT_INSTRUCT_FILE).read_text()
+    second = self_instruct.self_instruct_stage(None, None, out, num_questions=30, seed=1, heldout=3)
+    assert second.endswith("distill-instruct-s1.jsonl") and (tmp_path / "questions-s1.jsonl").exists()
+    assert (tmp_path / self_instruct.HELDOUT_INSTRUCT_FILE).read_text() == held  # seed 0's split stays
+    held_prompts = {json.loads(line)["data"] for line in held.splitlines()}
+    assert len(held_prompts) == 3
+    assert not held_prompts & set(prompts_of(first)) and not held_prompts & set(prompts_of(second))
+    assert prompts_of(second)  # seed 1 still found usable questions of its own
+    assert training_files(out) == (first, second)
