@@ -115,7 +115,8 @@ def test_a_measured_table_makes_the_greedy_tree_static():
     assert q is None and torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
     dynamic = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False)
     too_small = TreeVerifier(Scorer(None), budget=5, k=1, sampling=False, topk_accuracy=table)  # 3 ranks, 1 level
-    assert dynamic.shape is None and too_small.shape is None
+    below = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table, static_min_nodes=6)
+    assert dynamic.shape is None and too_small.shape is None and below.shape is None
     assert torch.equal(dynamic.propose(None, logits)[0].tokens, dynamic_tree(logits, budget=5, top_n=4).tokens)
 
 

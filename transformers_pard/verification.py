@@ -144,14 +144,15 @@ def expansion_width(budget: int, k: int, vocab: int, preferred: int) -> int:
 
 class TreeVerifier:
     """Verify a token tree of N nodes per row (``tree.py``) built from the K slot distributions of one
-    draft forward. Greedy: the static shape chosen from the draft's measured per-slot top-k accuracies
-    (``pard_tree_topk_accuracy``; where it accepts more than the dynamic tree: every budget from ``pard_tree_static_min_nodes`` on, as benchmarks/slot_topk.py measured it), or, without
-    them, below that budget, or when their ranks cannot hold N nodes in K levels, the EAGLE-2-style
-    dynamic tree (the N nodes of
-    highest draft path probability); then the longest agreeing root path. Sampling: a tree of i.i.d.
-    draws from q in a static shape and the multi-candidate rule (exact; see ``tree.sampling_accept``).
-    Rounds without drafting (K = 0) are plain chain steps. Logits processors must not depend on the
-    prefix (each node has its own)."""
+    draft forward, then accept the longest agreeing root path.
+
+    Greedy: the static shape chosen from the draft's measured per-slot top-k accuracies
+    (``pard_tree_topk_accuracy``) for budgets from ``pard_tree_static_min_nodes`` on (where
+    benchmarks/slot_topk.py measured it to accept more); otherwise (no table, a smaller budget, or ranks
+    that cannot hold N nodes in K levels) the EAGLE-2-style dynamic tree, the N nodes of highest draft
+    path probability. Sampling: a tree of i.i.d. draws from q in a static shape and the multi-candidate
+    rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
+    Logits processors must not depend on the prefix (each node has its own)."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
                  static_min_nodes: int = 1):
