@@ -184,9 +184,8 @@ def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> Toke
     batch, k, vocab = draft_logits.shape  # (B, K, V)
     if not 1 <= top_n <= vocab:
         raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
-    logits = draft_logits.float()  # (B, K, V)
-    top, candidates = logits.topk(top_n, dim=-1)  # (B, K, n) each
-    log_q = top - logits.logsumexp(-1, keepdim=True)  # (B, K, n): log-softmax of the top n only
+    # log_softmax then topk: logsumexp alone is ~6x slower than log_softmax on CPU over a subset head's -inf tail
+    log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
     return dynamic_tree_from_topk(log_q, candidates, budget=budget)
 
 
