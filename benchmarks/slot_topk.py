@@ -31,6 +31,7 @@ import time
 
 import torch
 import transformers
+from greedy_cache import cached_answers
 
 import transformers_pard
 from transformers_pard.draft_io import load_draft
@@ -146,6 +147,24 @@ def tree_accepted(log_q, ids, by_depth, budget: int) -> torch.Tensor:
     return greedy_accept(tree, by_depth.gather(1, depth)).num_accepted
 
 
+def conditioned_accepted(log_q, ids, by_depth, *, candidates: int, sub_budget: int) -> torch.Tensor:
+    """The ideal a PARD tree lacks (issue 21): a second draft forward per slot-1 candidate, fed that
+    candidate, so its subtree's slots are conditioned on it. Tokens accepted per round (P,), rounds of ONE
+    sequence in order. On target-greedy text only the correct candidate's subtree can be accepted, and
+    its second forward (``x_0..x_p, x_{p+1}, masks``) is exactly round p+1's draft input: its subtree is
+    round p+1's tree of ``sub_budget`` nodes, K-1 deep. Nodes: ``candidates * (1 + sub_budget)``."""
+    k = ids.shape[1]
+    lq, ii, truth = log_q[:, : k - 1], ids[:, : k - 1], by_depth[:, :k]  # next round's first K-1 slots
+    sub = (tree_accepted(lq[..., :1], ii[..., :1], truth, k - 1) if sub_budget == k - 1
+           else tree_accepted(lq, ii, truth, sub_budget))  # (P,) accepted by round p's K-1 deep subtree
+    after = torch.cat([sub[1:], sub.new_zeros(1)])  # (P,) round p+1's, as round p's continuation
+    hit = (ids[:, 0, :candidates] == by_depth[:, :1]).any(1)  # (P,) the target's token among the candidates
+    return hit.long() * (1 + after)
+
+
+CONDITIONED = ((1, 7), (1, 15), (2, 7), (3, 7), (3, 11), (4, 15))  # (slot-1 candidates, nodes under each)
+
+
 def static_accepted(ids, by_depth, shape) -> torch.Tensor:
     """Tokens the static tree ``shape`` (ranks within ``ids``' top-n) accepts in each round (P,)."""
     parents, depth, rank = shape.tensors()  # (N,) each
@@ -219,26 +238,28 @@ def main() -> None:
     prompts, source = load_prompt_set(args)
     target, tokenizer = load_smollm2(dtype=torch.float32)
     drafter = resolve_draft(target, load_draft(args.draft, target=target).eval(), pard_mode=args.pard_mode)
-    cache = f"{args.prompts}.greedy{args.max_new_tokens}-{args.limit}.json" if args.prompts else None
-    if cache and os.path.exists(cache):  # the answers benchmarks/tf_tau.py cached for the same prompts
-        sequences = [tuple(s) for s in json.load(open(cache))]
-    else:
-        sequences = greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size)
-    answered = time.perf_counter()
+    answer = lambda: greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,  # noqa: E731
+                                    batch_size=args.batch_size)
+    sequences = (cached_answers(args.prompts, max_new_tokens=args.max_new_tokens, limit=args.limit, answer=answer)
+                 if args.prompts else answer())  # a --prompts file shares benchmarks/tf_tau.py's answers    answered = time.perf_counter()
     hits, positions = torch.zeros(args.k, args.topk, dtype=torch.long), torch.zeros(args.k, dtype=torch.long)
-    rounds = []
+    rounds, conditioned = [], {}
     for sequence, start in sequences:
         choice, logits, copy, position = slot_logits(target, drafter, sequence, start, k=args.k)
         row_hits, row_positions = slot_hits(choice, logits, copy, position, k=args.k, topk=args.topk)
         hits, positions = hits + row_hits, positions + row_positions
         rounds.append(round_slots(choice, logits, copy, position, start, k=args.k, top_n=args.topk))
+        log_q, ids, by_depth = rounds[-1]
+        for c, sub in CONDITIONED if args.k == 8 else ():
+            conditioned.setdefault(f"conditioned-{c}x{1 + sub}", []).append(
+                conditioned_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, candidates=c, sub_budget=sub))
     table = hits.double() / positions.clamp(min=1)[:, None].double()  # (K, R)
     log_q, ids, by_depth = (torch.cat(parts) for parts in zip(*rounds))
     accepted = {"chain": tree_accepted(log_q[..., :1], ids[..., :1], by_depth, args.k)}
     for budget in TREE_BUDGETS:
         accepted[f"dynamic-{budget}"] = tree_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, budget)
         accepted[f"static-{budget}"] = static_accepted(ids, by_depth, static_shape(table, budget))
+    accepted.update({name: torch.cat(parts) for name, parts in conditioned.items()})
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "draft": args.draft, "pard_mode": args.pard_mode, "prompts": source, "num_prompts_used": len(prompts),
@@ -248,7 +269,9 @@ def main() -> None:
         "table": [[round(v, 4) for v in row] for row in table.tolist()],  # [slot][r]: within top-(r+1)
         "tree_shapes": tree_shapes(table),
         # teacher-forced tau (a round at every answer position) of the chain, of greedy dynamic trees
-        # (top-TREE_TOP_N children) and of the static shapes chosen from this table, on the same rounds
+        # (top-TREE_TOP_N children), of the static shapes chosen from this table, and of the conditioned
+        # ideal "conditioned-CxM" (C slot-1 candidates, each with its own second draft forward and a
+        # dynamic subtree: M nodes per candidate, C*M in all), on the same rounds
         "rounds": int(by_depth.shape[0]),
         "tree_tau": {name: round(1 + a.double().mean().item(), 4) for name, a in accepted.items()},
         "seconds": {"answers": round(answered - started, 1), "total": round(time.perf_counter() - started, 1)},

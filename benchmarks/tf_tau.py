@@ -7,9 +7,9 @@ next to the prompts file. Prints one JSON line per draft: tau and the per-slot a
 """
 import argparse
 import json
-import os
 
 import torch
+from greedy_cache import cached_answers
 
 from transformers_pard.apps.embedded import load_smollm2
 from transformers_pard.draft_io import load_draft
@@ -23,13 +23,8 @@ parser.add_argument("--max-new-tokens", type=int, default=128)
 args = parser.parse_args()
 
 target, tokenizer = load_smollm2()
-cache = f"{args.prompts}.greedy{args.max_new_tokens}-{args.limit}.json"
-if os.path.exists(cache):
-    sequences = [tuple(s) for s in json.load(open(cache))]
-else:
-    sequences = greedy_sequences(target, tokenizer, load_prompts(args.prompts)[: args.limit],
-                                 max_new_tokens=args.max_new_tokens)
-    json.dump(sequences, open(cache, "w"))
+sequences = cached_answers(args.prompts, max_new_tokens=args.max_new_tokens, limit=args.limit, answer=lambda: (
+    greedy_sequences(target, tokenizer, load_prompts(args.prompts)[: args.limit], max_new_tokens=args.max_new_tokens)))
 for folder in args.drafts:
     draft = load_draft(folder, target=target, dtype=torch.float32)
     with torch.no_grad():

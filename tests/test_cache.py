@@ -80,3 +80,24 @@ def test_manager_does_not_hand_a_draft_cache_to_a_draft_of_another_dtype():
     assert manager.cache("draft", target, batch_size=1, needed=10) is fp32_cache
     bf16 = tiny_causal_lm("llama", seed=0, dtype=torch.bfloat16)
     assert manager.cache("draft", bf16, batch_size=1, needed=10) is not fp32_cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True])
+def test_move_slots_reads_every_source_before_writing_eager_and_compiled(compiled):
+    """A tree's accepted path moves slot length + path_slots[j] to length + j; sources and targets overlap
+    (slot 3 -> 2 while slot 2 -> 1). The inductor-compiled copy (what a compiled tree runs) must agree."""
+    from transformers_pard.cache import move_slots
+
+    torch._dynamo.reset()
+    tensors = [torch.randn(2, 3, 12, 4) for _ in range(4)]  # (B, H, C, D) x (2 layers x keys, values)
+    source = torch.tensor([[5, 6, 7], [2, 3, 9]])  # (B, J)
+    target = torch.tensor([[5, 6, 7], [1, 2, 3]])  # (B, J)
+    expected = [t.clone() for t in tensors]
+    for t in expected:
+        moved = [t[b, :, source[b]].clone() for b in range(2)]
+        for b in range(2):
+            t[b, :, target[b]] = moved[b]
+    move = torch.compile(move_slots, fullgraph=True, dynamic=False) if compiled else move_slots
+    move(tensors, source, target)
+    assert all(torch.equal(t, e) for t, e in zip(tensors, expected))

@@ -40,13 +40,17 @@ def test_resolver_picks_the_input_strategy_and_head(target):
 
 @settings(max_examples=40, deadline=None)
 @given(size=st.integers(1, 96), lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3),
-       max_new=st.integers(1, 20), k=st.sampled_from([1, 3, 8]), seed=st.integers(0, 999))
-def test_greedy_with_a_vocabulary_subset_is_lossless(target, size, lengths, max_new, k, seed):
+       max_new=st.integers(1, 20), k=st.sampled_from([1, 3, 8]), seed=st.integers(0, 999),
+       tree=st.sampled_from([None, 4, 16]), measured=st.booleans())
+def test_greedy_with_a_vocabulary_subset_is_lossless(target, size, lengths, max_new, k, seed, tree, measured):
+    """Chains and trees (built on the subset's columns, or on the full view when they cannot hold the tree)."""
     ids, mask = left_padded_batch(lengths, seed)
     expected = target.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False)
     draft = subset_draft(target, size, seed)
+    if measured:  # a static tree shape (ranks 1..3)
+        draft.config.pard_tree_topk_accuracy = [[0.4, 0.5, 0.55], [0.25, 0.35, 0.4], [0.1, 0.2, 0.25]]
     out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pard_draft=draft,
-                          num_assistant_tokens=k, pard_min_tau=None)
+                          num_assistant_tokens=k, pard_min_tau=None, pard_tree=tree)
     assert torch.equal(out, expected)
 
 
@@ -149,3 +153,17 @@ def test_a_mask_token_equal_to_a_special_token_is_refused(target, special):
     name = special.removesuffix("_token_id")
     with pytest.raises(ValueError, match=rf"mask token id \d+ \(pard_token\) is also its {name}_token id.*reserved"):
         target.generate(torch.randint(3, 90, (1, 4)), pard_draft=draft, max_new_tokens=3)
+
+
+def test_draft_logits_keep_a_subset_heads_columns_and_scatter_on_demand(target):
+    from transformers_pard.verification import GreedyVerifier
+    from transformers_pard.scoring import Scorer
+
+    draft = subset_draft(target, 5, seed=1)
+    drafter = resolve_draft(target, draft)
+    hidden = torch.randn(2, 3, target.config.hidden_size)
+    logits = drafter.draft_logits(drafter.head(hidden))
+    assert logits.values.shape[-1] == 5 and torch.equal(logits.ids, vocab_subset(draft))
+    torch.testing.assert_close(logits.full(), drafter.to_target_vocab(drafter.head(hidden)))
+    tokens, _ = GreedyVerifier(Scorer(None)).propose(None, logits)
+    assert torch.equal(tokens, logits.full().argmax(-1))  # the chain's argmax on 5 columns = on V

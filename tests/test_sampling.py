@@ -136,7 +136,7 @@ def test_a_wrong_q_is_caught(models, monkeypatch):
 
     def wrong_q(self, state, draft_logits):
         tokens, _ = propose(self, state, draft_logits)
-        return tokens, torch.softmax(draft_logits.float(), -1)
+        return tokens, torch.softmax(draft_logits.full(), -1)
 
     monkeypatch.setattr(SamplingVerifier, "propose", wrong_q)
     counts = pard_draws(target, draft, settings)

@@ -16,6 +16,7 @@ from transformers_pard.tree import (
     TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
     static_tree, tree_attention, verify_layout,
 )
+from transformers_pard.drafting import DraftLogits
 from transformers_pard.verification import GreedyVerifier
 
 # The module docstring's example.
@@ -110,14 +111,32 @@ def test_a_measured_table_makes_the_greedy_tree_static():
     logits = torch.randn(2, 3, 11)
     static = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
     assert static.shape == static_shape(torch.tensor(table), 5)
-    tree, q = static.propose(None, logits)
+    tree, q = static.propose(None, DraftLogits(logits, None, 11))
     expected = static_tree(logits, static.shape)
     assert q is None and torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
     dynamic = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False)
     too_small = TreeVerifier(Scorer(None), budget=5, k=1, sampling=False, topk_accuracy=table)  # 3 ranks, 1 level
     below = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table, static_min_nodes=6)
     assert dynamic.shape is None and too_small.shape is None and below.shape is None
-    assert torch.equal(dynamic.propose(None, logits)[0].tokens, dynamic_tree(logits, budget=5, top_n=4).tokens)
+    assert torch.equal(dynamic.propose(None, DraftLogits(logits, None, 11))[0].tokens,
+                       dynamic_tree(logits, budget=5, top_n=4).tokens)
+
+
+@pytest.mark.parametrize("table", [None, [[0.3, 0.5, 0.6], [0.2, 0.3, 0.4], [0.1, 0.2, 0.25]]])
+def test_a_subset_heads_tree_is_built_on_its_columns_and_equals_the_full_vocabulary_tree(table):
+    """Greedy trees from a subset head's N columns, mapped to target ids, are the trees of the scattered
+    (B, K, V) logits."""
+    from transformers_pard.scoring import Scorer
+    from transformers_pard.verification import TreeVerifier
+
+    torch.manual_seed(0)
+    ids = torch.randperm(50)[:12]  # (N,) subset columns -> target ids
+    draft = DraftLogits(torch.randn(2, 3, 12), ids, 50)
+    verifier = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
+    on_columns, _ = verifier.propose(None, draft)
+    on_full = verifier._greedy_tree(draft.full(), lambda columns: columns)
+    assert torch.equal(on_columns.tokens, on_full.tokens) and torch.equal(on_columns.parents, on_full.parents)
+    assert torch.isin(on_columns.tokens, ids).all()
 
 
 @pytest.mark.parametrize("parents, message", [([[-1, 1]], "topological"), ([[0, -1]], "topological")])
@@ -511,4 +530,4 @@ def test_pard2_tree_decoding_is_lossless_and_compiles_once(targets):
         tree_out = compiled.generate(ids, pard_draft=draft, max_new_tokens=12, num_assistant_tokens=3, pard_tree=10,
                                      pard_min_tau=None)
         assert torch.equal(tree_out, reference)
-    assert counter.frame_count == 2  # the draft (width 2K) and the tree verify (width 1 + N)
+    assert counter.frame_count == 3  # the draft (width 2K), the tree verify (width 1 + N), the accepted path's KV move

@@ -150,21 +150,27 @@ class PardStaticCache(Cache):
         block = attention.gather(2, rel.clamp(0, width - 1)[:, None, :].expand(-1, attention.shape[1], -1))  # (B, T, C)
         return live[:, None, :] | (block & in_block[:, None, :])
 
-    def gather_path(self, path_slots: torch.Tensor) -> None:
+    def gather_path(self, path_slots: torch.Tensor, *, move=None) -> None:
         """Move the KV of block slot ``length + path_slots[b, j]`` to ``length + j`` (B, J) in every layer:
-        a token tree's accepted path becomes contiguous before ``advance`` commits it."""
+        a token tree's accepted path becomes contiguous before ``advance`` commits it. ``move``:
+        ``move_slots`` or a compiled copy of it (one kernel instead of two small ops per layer tensor)."""
         source = self.length[:, None] + path_slots  # (B, J)
         target = self.length[:, None] + torch.arange(path_slots.shape[1], device=path_slots.device)  # (B, J)
-        for layer in self.layers:
-            for tensor in (layer.keys, layer.values):  # (B, H, C, D)
-                heads, dim = tensor.shape[1], tensor.shape[-1]
-                index = source[:, None, :, None].expand(-1, heads, -1, dim)  # (B, H, J, D)
-                moved = tensor.gather(2, index)
-                tensor.scatter_(2, target[:, None, :, None].expand(-1, heads, -1, dim), moved)
+        tensors = [tensor for layer in self.layers for tensor in (layer.keys, layer.values)]
+        (move or move_slots)(tensors, source, target)
 
     def advance(self, n: torch.Tensor) -> None:
         """Commit ``n`` (B,) more slots per row; everything past the new length is stale."""
         self.length += n
+
+
+def move_slots(tensors: list[torch.Tensor], source: torch.Tensor, target: torch.Tensor) -> None:
+    """``tensor[b, :, target[b, j]] = tensor[b, :, source[b, j]]`` for every (B, H, C, D) tensor, in place;
+    all sources are read before any slot is written. An index_put_, which inductor keeps in place on a
+    graph input (a scatter_ would copy the whole cache)."""
+    rows = torch.arange(source.shape[0], device=source.device)[:, None]  # (B, 1)
+    for tensor in tensors:
+        tensor[rows, :, target] = tensor[rows, :, source]  # (B, J, H, D)
 
 
 def _generate_cache_field() -> str:

@@ -13,6 +13,11 @@ The draft input of a round is right-aligned (``DraftLayout``)::
     column:  0 .. W-u-K  | W-u-K+1 .. W-K | W-K+1 .. W-1
     content: filler      | u unseen tokens | K-1 mask tokens
 so the K positions whose logits are needed are the last K of every row.
+
+Its output is a ``DraftLogits``: the K slot logits as the head gave them, over the draft's own ids when
+it has a subset head. Greedy proposals (the chain's argmax, a tree's top-k) are taken there, on N
+columns instead of V; only what needs the target's vocabulary (sampling's q, logits processors) asks
+for the scattered ``full()`` view.
 """
 
 from __future__ import annotations
@@ -52,6 +57,27 @@ def draft_layout(unseen, num_unseen, cache: PardStaticCache, k: int, mask_token_
     input_ids = torch.where(is_unseen, unseen.gather(1, unseen_idx), mask_token_id)  # (B, W)
     slots = torch.where(is_unseen | is_mask, cache.length[:, None] + rel, cache.trash_slot)  # (B, W)
     return DraftLayout(input_ids, slots, rel, is_unseen, is_mask, num_unseen)
+
+
+@dataclass
+class DraftLogits:
+    """One round's K draft distributions: column c of ``values`` is target id ``ids[c]`` (a subset head),
+    or target id c itself (``ids`` None)."""
+
+    values: torch.Tensor  # (B, K, N) float32; N = V when ids is None
+    ids: torch.Tensor | None  # (N,) target id of each column
+    vocab_size: int  # V, the target's vocabulary
+
+    def full(self) -> torch.Tensor:
+        """(B, K, V): -inf at the ids the draft cannot propose."""
+        if self.ids is None:
+            return self.values
+        full = self.values.new_full((*self.values.shape[:-1], self.vocab_size), float("-inf"))  # (B, K, V)
+        return full.index_copy_(-1, self.ids, self.values)
+
+    def target_ids(self, columns: torch.Tensor) -> torch.Tensor:
+        """Column indices (any shape) as target token ids."""
+        return columns if self.ids is None else self.ids[columns]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +191,12 @@ class Drafter:
     def forward_module(self) -> nn.Module:
         """What the draft's forward function calls (the HF model, or it with the subset head)."""
         return self.model if self.head is None else SubsetHeadDraft(self.model, self.head)
+
+    def draft_logits(self, logits: torch.Tensor) -> DraftLogits:
+        """The head's logits (B, K, V_draft or N) as a round's ``DraftLogits`` (subset columns kept as they are)."""
+        if self.head is not None:
+            return DraftLogits(logits, self.head.ids, self.spec.target_vocab_size)
+        return DraftLogits(self.to_target_vocab(logits), None, self.spec.target_vocab_size)
 
     def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft logits (B, K, V_draft or N) as (B, K, V_target): ids the draft cannot propose get -inf."""

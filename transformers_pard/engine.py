@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import PardStaticCache, cache_keyword
-from .drafting import Drafter, draft_layout
+from .drafting import DraftLogits, Drafter, draft_layout
 from .pard2 import target_features
 from .schedule import DraftSchedule
 from .timing import PhaseTimer
@@ -162,6 +162,7 @@ class PardModels:
     target_cache: PardStaticCache
     draft_cache: PardStaticCache | None
     static_shapes: bool  # compiled: the draft input always has width 2K, a chain verify verify_width
+    move_slots: object = None  # compiled ``cache.move_slots`` (a tree's accepted path), None: eager
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,14 +221,14 @@ def _initial_state(inputs: LoopInputs, prompt_len: int, pad: torch.Tensor) -> Ro
 # ----------------------------------------------------------------------------------------------
 
 
-def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int, max_unseen: int) -> torch.Tensor:
-    """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, V_target)."""
+def draft_step(models: PardModels, state: RoundState, inputs: LoopInputs, k: int, max_unseen: int) -> DraftLogits:
+    """One draft forward over ``[unseen] + [mask]*(K-1)``; returns the K draft logits (B, K, N or V_target)."""
     drafter = inputs.drafter
     width = 2 * inputs.k if models.static_shapes else max_unseen + k - 1
     layout = draft_layout(state.unseen, state.num_unseen, models.draft_cache, k, drafter.spec.mask_token_id, width)
     embeds = drafter.inputs.round_embeds(drafter.model, layout)  # (B, W, H) | None
     logits, _ = models.draft(models.draft_cache, layout.input_ids, layout.slots, logits_to_keep=k, inputs_embeds=embeds)
-    logits = drafter.to_target_vocab(logits[:, -k:].float())  # (B, K, V) float32 whatever the draft's dtype (q exact)
+    logits = drafter.draft_logits(logits[:, -k:].float())  # (B, K, N) float32 whatever the draft's dtype (q exact)
     # The mask slots' keys are discarded: only the unseen real tokens become live.
     models.draft_cache.advance(torch.where(state.finished, 0, state.num_unseen))
     return logits
@@ -400,7 +401,7 @@ def pard_decode(models: PardModels, inputs: LoopInputs, *, verifier, schedule: D
         k = schedule.k
         if k > 0:
             with timer.phase("draft"):
-                draft_logits = draft_step(models, state, inputs, k, max_unseen)  # (B, K, V)
+                draft_logits = draft_step(models, state, inputs, k, max_unseen)  # (B, K, N)
                 draft_tokens, q = verifier.propose(state, draft_logits)  # (B, K) or a tree, (B, K, V) | None
         else:  # drafting switched off (or AR+): a plain target step
             draft_tokens, q = state.last_token.new_zeros(state.last_token.shape[0], 0), None
@@ -423,7 +424,7 @@ def accept_and_commit(loop: Loop, k: int, draft_tokens, q, target_logits, featur
     verdict = loop.verifier.accept(state, draft_tokens, q, target_logits)
     chunk, length, scores = verdict  # (B, K+1), (B,), (B, K+1, V)
     if verdict.path_slots is not None:  # a token tree: the accepted path's KV, logits, features
-        loop.models.target_cache.gather_path(verdict.path_slots)
+        loop.models.target_cache.gather_path(verdict.path_slots, move=loop.models.move_slots)
         target_logits, features = (_along_path(t, verdict.path_slots) for t in (target_logits, features))
     length, finished = apply_stopping(chunk, length, state, inputs)
     if inputs.stopping_criteria:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import gqa_view
-from .cache import PardCacheManager
+from .cache import PardCacheManager, move_slots
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
 from .prepack import packed_view, prepack_available
@@ -104,6 +104,7 @@ class PardRuntime:
         self.heuristic_k: int | None = None  # the "heuristic" schedule's K, remembered across calls
         self.head_cache: dict = {}  # the draft's subset head (gathered weight rows), built once
         self._forwards: dict = {}
+        self._move_slots = None  # compiled cache.move_slots, built on a compiled tree's first call
 
     def __deepcopy__(self, memo):
         """A copied model gets a fresh runtime with the same options (caches and forwards are per model)."""
@@ -123,7 +124,16 @@ class PardRuntime:
             target_cache=self.caches.cache("target", target, batch_size=batch, needed=needed),
             draft_cache=None if draft is None else self.caches.cache("draft", draft, batch_size=batch, needed=needed),
             static_shapes=compile_mode is not None,
+            move_slots=self._compiled_move_slots() if compile_mode is not None else None,
         )
+
+    def _compiled_move_slots(self):
+        """``cache.move_slots`` compiled once per runtime; torch.compile is lazy, and only a token tree's
+        accepted path calls it (a chain never moves KV)."""
+        if self._move_slots is None:
+            self._move_slots = torch.compile(move_slots, backend=self.options.compile_backend, fullgraph=True,
+                                             dynamic=False)
+        return self._move_slots
 
     def _forward_functions(self, target, drafter: Drafter | None, compile_mode, device, widths: tuple[int, int]):
         """The target's and the draft's ``ForwardFn`` (the target's shared by every draft and AR+)."""

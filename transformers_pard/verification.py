@@ -13,10 +13,11 @@ Every committed token is then distributed exactly as under the target alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from .drafting import DraftLogits
 from .scoring import Scorer
 from .tree import (TokenTree, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
                    static_tree, verify_layout)
@@ -63,8 +64,8 @@ class ChainVerifier:
 class GreedyVerifier(ChainVerifier):
     """Draft: argmax of the draft's logits. Accept: while the target's processed argmax agrees."""
 
-    def propose(self, state, draft_logits: torch.Tensor):
-        return draft_logits.argmax(-1), None  # (B, K), no q needed
+    def propose(self, state, draft: DraftLogits):
+        return draft.target_ids(draft.values.argmax(-1)), None  # (B, K), no q needed
 
     def accept(self, state, draft_tokens, q, target_logits) -> Verdict:
         """chunk (B, K+1), length (B,), scores (B, K+1, V)."""
@@ -79,8 +80,9 @@ class GreedyVerifier(ChainVerifier):
 class SamplingVerifier(ChainVerifier):
     """Draft: sample from q = softmax(processed draft logits). Accept: the speculative sampling rule."""
 
-    def propose(self, state, draft_logits: torch.Tensor):
+    def propose(self, state, draft: DraftLogits):
         """Sample d_1..d_K; returns (tokens (B, K), q (B, K, V))."""
+        draft_logits = draft.full()  # (B, K, V): q lives on the target's vocabulary
         batch, k, vocab = draft_logits.shape
         if self.scorer.prefix_free:
             q = torch.softmax(self.scorer.scores(state, draft_logits.new_zeros(batch, 0, dtype=torch.long), draft_logits), -1)
@@ -169,16 +171,32 @@ class TreeVerifier:
     def verify_width(self, k: int) -> int:
         return 1 + self.budget
 
-    def propose(self, state, draft_logits: torch.Tensor):
+    def propose(self, state, draft: DraftLogits):
+        if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
+            return self._greedy_tree(draft.values, draft.target_ids), None  # on the head's own columns
+        draft_logits = draft.full()  # (B, K, V)
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
-        if not self.sampling and self.shape is not None:
-            return static_tree(scores, self.shape), None
         if not self.sampling:
-            top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
-            return dynamic_tree(scores, budget=self.budget, top_n=top_n), None
+            return self._greedy_tree(scores, lambda columns: columns), None
         q = torch.softmax(scores, -1)  # (B, K, V)
         return sampled_tree(q, self.shape), q
+
+    def _fits(self, slots_columns: torch.Size) -> bool:
+        """Whether K slots of C columns each hold the greedy tree (a small subset head may not)."""
+        k, columns = slots_columns
+        if self.shape is not None:
+            return self.shape.max_rank < columns
+        return sum(min(self.budget, columns**d) for d in range(1, k + 1)) >= self.budget
+
+    def _greedy_tree(self, scores: torch.Tensor, target_ids) -> TokenTree:
+        """The static or dynamic tree over ``scores`` (B, K, C), its tokens mapped by ``target_ids``."""
+        if self.shape is not None:
+            tree = static_tree(scores, self.shape)
+        else:
+            top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
+            tree = dynamic_tree(scores, budget=self.budget, top_n=top_n)
+        return replace(tree, tokens=target_ids(tree.tokens))
 
     def verify_input(self, state, proposal) -> VerifyInput:
         if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step

@@ -37,3 +37,17 @@ def test_another_seed_adds_data_and_never_a_held_out_prompt(tmp_path, monkeypatc
     assert not held_prompts & set(prompts_of(first)) and not held_prompts & set(prompts_of(second))
     assert prompts_of(second)  # seed 1 still found usable questions of its own
     assert training_files(out) == (first, second)
+
+
+def test_long_meta_prompts_are_another_set_and_never_write_the_held_out_split(tmp_path, monkeypatch):
+    long = self_instruct.meta_jobs(40, seed=2, style="long")
+    assert long == self_instruct.meta_jobs(40, seed=2, style="long")  # deterministic for a seed
+    for family, metas in (("math", self_instruct.LONG_MATH_META), ("code", self_instruct.LONG_CODE_META)):
+        texts = [text for job_id, text, _ in long if job_id.startswith(f"q-{family}")]
+        assert texts and all(any(text.startswith(m.split("{")[0]) for m in metas) for text in texts)
+    with pytest.raises(ValueError, match="meta-prompt style"):
+        self_instruct.meta_jobs(3, style="wide")
+    monkeypatch.setattr(self_instruct, "distill", fake_distill)
+    with pytest.raises(ValueError, match="held-out split"):
+        self_instruct.self_instruct_stage(None, None, str(tmp_path), num_questions=30, seed=0, style="long")
+    assert not list(tmp_path.iterdir())

@@ -50,6 +50,26 @@ GENERAL_META = [
     "Write one question that a curious student might ask about {topic}. Write only the question.",
     "Ask a short question about {topic} that needs an explanation.",
 ]
+#: ``--meta-prompts long``: requests nearer to what users ask a small assistant for: word problems with
+#: several quantities and steps, typed function stubs whose docstrings carry ``>>>`` examples.
+LONG_MATH_META = [
+    "Write a grade-school math word problem about {topic} with {name}. Use four or five sentences, at least "
+    "three different numbers (prices, percentages, fractions, hours or ages), and end with one question. "
+    "Do not solve it.",
+    "Write a word problem in which {name} buys, sells or shares things for {topic} over several days, and the "
+    "question asks how much money or how many items are left at the end. It should need four steps. Write only "
+    "the problem.",
+    "Write a math problem about {topic} that compares two people, {name} and a friend, using a ratio or a "
+    "percentage, and asks for a total or a difference. Write only the problem, not the answer.",
+]
+LONG_CODE_META = [
+    "Write the header of a Python function with type hints for a small task about {topic}, and a docstring "
+    "that explains the task and shows two or three `>>>` examples with their results. Do not write the body.",
+    "Write a Python function signature and a detailed docstring for an exercise about {topic}. The docstring "
+    "should describe the input, the output, one edge case, and give examples. Do not implement it.",
+]
+META_PROMPTS = {"short": (MATH_META, CODE_META, GENERAL_META), "long": (LONG_MATH_META, LONG_CODE_META, GENERAL_META)}
+QUESTION_TOKENS = {"short": 96, "long": 192}  # a longer request needs room to end with its question
 CODE_STYLES = ["Complete the code I provided.\n\n{code}", "Complete the following Python function.\n\n{code}"]
 FAMILY_MIX = {"math": 0.45, "code": 0.35, "general": 0.20}
 QUESTIONS_FILE = "questions.jsonl"
@@ -71,19 +91,23 @@ def heldout_prompts(out_dir: str) -> set[str]:
         return {json.loads(line)["data"] for line in f if line.strip()}
 
 
-def meta_jobs(n: int, *, seed: int = 0) -> list[tuple[str, str, bool]]:
-    """``n`` sampled jobs ``(id, meta-prompt, True)``; the id names the family (``q-math-17``)."""
+def meta_jobs(n: int, *, seed: int = 0, style: str = "short") -> list[tuple[str, str, bool]]:
+    """``n`` sampled jobs ``(id, meta-prompt, True)`` of ``META_PROMPTS[style]``; the id names the family
+    (``q-math-17``)."""
+    if style not in META_PROMPTS:
+        raise ValueError(f"meta-prompt style must be one of {sorted(META_PROMPTS)}, got {style!r}.")
+    math_meta, code_meta, general_meta = META_PROMPTS[style]
     rng = random.Random(seed)
     families, weights = zip(*FAMILY_MIX.items())
     jobs = []
     for i in range(n):
         family = rng.choices(families, weights)[0]
         if family == "math":
-            text = rng.choice(MATH_META).format(topic=rng.choice(MATH_TOPICS), name=rng.choice(NAMES))
+            text = rng.choice(math_meta).format(topic=rng.choice(MATH_TOPICS), name=rng.choice(NAMES))
         elif family == "code":
-            text = rng.choice(CODE_META).format(topic=rng.choice(CODE_TASKS))
+            text = rng.choice(code_meta).format(topic=rng.choice(CODE_TASKS))
         else:
-            text = rng.choice(GENERAL_META).format(topic=rng.choice(TOPICS + MATH_TOPICS))
+            text = rng.choice(general_meta).format(topic=rng.choice(TOPICS + MATH_TOPICS))
         jobs.append((f"q-{family}-{i}", text, True))
     return jobs
 
@@ -137,11 +161,15 @@ def usable_prompts(questions: str, rng: random.Random, exclude: set[str]) -> lis
 
 
 def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, batch_size: int = 64,
-                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40) -> str:
+                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40, style: str = "short") -> str:
     """Questions (``questions.jsonl``), then greedy answers to them (``distill-instruct.jsonl``). Seed 0's
     first ``heldout`` usable questions go to ``heldout_instruct.jsonl`` instead (tuning split); another seed
-    adds ``questions-s{seed}.jsonl`` / ``distill-instruct-s{seed}.jsonl``, never a held-out prompt. Returns
+    adds ``questions-s{seed}.jsonl`` / ``distill-instruct-s{seed}.jsonl``, never a held-out prompt.
+    ``style`` picks the meta-prompts (``META_PROMPTS``); seed 0's held-out split is always "short". Returns
     the data path."""
+    if seed == 0 and style != "short":
+        raise ValueError("seed 0 writes the held-out split every draft is tuned on: keep its meta-prompts 'short' "
+                         "and use --seed 1 or higher for --meta-prompts long.")
     held = heldout_prompts(out_dir)
     if seed != 0 and not held:
         raise ValueError(f"run the instruct stage with --seed 0 on {out_dir} first: it writes the held-out split "
@@ -149,8 +177,8 @@ def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, b
     os.makedirs(out_dir, exist_ok=True)
     questions = os.path.join(out_dir, seeded_name(QUESTIONS_FILE, seed))
     torch.manual_seed(seed)
-    distill(model, tokenizer, meta_jobs(num_questions, seed=seed), questions, batch_size=batch_size,
-            max_new_tokens=96, temperature=0.9)
+    distill(model, tokenizer, meta_jobs(num_questions, seed=seed, style=style), questions, batch_size=batch_size,
+            max_new_tokens=QUESTION_TOKENS[style], temperature=0.9)
     prompts = usable_prompts(questions, random.Random(seed), held)
     if seed == 0:
         with open(os.path.join(out_dir, HELDOUT_INSTRUCT_FILE), "w") as f:

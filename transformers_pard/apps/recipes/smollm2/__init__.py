@@ -68,7 +68,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1, train_prompts=args.train_prompts,
                    seed=settings.seed, dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
     elif stage == "instruct":
-        instruct_stage(args.out, num_questions=args.num_questions, seed=settings.seed,
+        instruct_stage(args.out, num_questions=args.num_questions, seed=settings.seed, style=args.meta_prompts,
                        dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
     elif stage == "train":
         train_stage(args.out, settings=settings)

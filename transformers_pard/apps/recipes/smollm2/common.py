@@ -55,6 +55,9 @@ class RecipeOptions:
         "export / subset stage: output folder (subset: default the --init-from folder itself)"))
     num_questions: int = field(default=1280, metadata=_help(
         "instruct stage: requests the target writes itself (math, code, questions), then answers"))
+    meta_prompts: str = field(default="short", metadata=_help(
+        "instruct stage: 'short' requests, or 'long' ones (multi-step word problems, typed stubs with examples; "
+        "seeds >= 1)", choices=("short", "long")))
 
 
 @dataclass(frozen=True)

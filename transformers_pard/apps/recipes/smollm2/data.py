@@ -45,9 +45,9 @@ def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, samp
 
 
 def instruct_stage(out_dir: str, *, num_questions: int = 1280, seed: int = 0, dtype: torch.dtype | None = None,
-                   batch_size: int = 64, max_new_tokens: int = 128) -> str:
+                   batch_size: int = 64, max_new_tokens: int = 128, style: str = "short") -> str:
     """Stage ``instruct``: the target writes ``num_questions`` requests of its own (``self_instruct``), then
     answers the usable ones (greedy); the first 40 go to the held-out file. Returns the data path."""
     model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
     return self_instruct_stage(model, tokenizer, out_dir, num_questions=num_questions, batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, seed=seed)
+                               max_new_tokens=max_new_tokens, seed=seed, style=style)
