@@ -241,7 +241,8 @@ def main() -> None:
     answer = lambda: greedy_answers(target, tokenizer, prompts, max_new_tokens=args.max_new_tokens,  # noqa: E731
                                     batch_size=args.batch_size)
     sequences = (cached_answers(args.prompts, max_new_tokens=args.max_new_tokens, limit=args.limit, answer=answer)
-                 if args.prompts else answer())  # a --prompts file shares benchmarks/tf_tau.py's answers    answered = time.perf_counter()
+                 if args.prompts else answer())  # a --prompts file shares benchmarks/tf_tau.py's answers
+    answered = time.perf_counter()
     hits, positions = torch.zeros(args.k, args.topk, dtype=torch.long), torch.zeros(args.k, dtype=torch.long)
     rounds, conditioned = [], {}
     for sequence, start in sequences:

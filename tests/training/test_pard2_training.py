@@ -24,6 +24,7 @@ from transformers_pard.pard2 import (
 from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm
 from transformers_pard.training import (
     PardDataCollator,
+    DistillTrainer,
     PardTrainConfig,
     Pard2Options,
     Pard2Trainer,
@@ -365,6 +366,46 @@ def test_projection_only_run_trains_the_projection_alone(tmp_path):
     for key, value in before.state_dict().items():  # every weight of the draft itself is as loaded
         assert torch.equal(after.state_dict()[key], value), key
     assert_lossless_in_both_modes(target, after, tokenizer)
+
+
+def test_loss_only_distills_a_plain_draft_with_cat_and_kd(tmp_path):
+    """DistillTrainer: PARD-2's loss (CAT-weighted CE + KD from the live target) on a draft without features."""
+    target = tiny_causal_lm("llama", seed=0, vocab_size=40, num_layers=2)
+    draft = tiny_causal_lm("llama", seed=1, vocab_size=40, num_layers=1)
+    collator = PardDataCollator(mask_token_id=MASK, k=3, cod_ratio=0.7, cod_min=0.3, seed=3, pad_token_id=0)
+    options = Pard2Options(loss_only=True, ce_alpha=0.3, kd_alpha=1.0)
+    trainer = DistillTrainer(model=draft, args=trainer_args(tmp_path), data_collator=collator, target=target,
+                             pard2=options)
+    assert collator.with_target_inputs  # the trainer asks the collator for the real sequences
+    batch = collator([{"input_ids": [5, 7, 9, 11, 13, 15]}, {"input_ids": [6, 8, 10, 12]}])
+    with torch.no_grad():
+        loss = trainer.compute_loss(draft, dict(batch))
+        teacher = run_target(target, batch["target_input_ids"], batch["target_attention_mask"], (-1,)).logits
+        logits = draft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits  # the draft's plain input: no features
+    weights = cat_weights(gold_probs(teacher, batch["target_input_ids"]), batch["copy_ids"], batch["position_ids"],
+                          batch["labels"])
+    expected = pard2_loss(logits, batch["labels"], weights, teacher, teacher_positions=batch["position_ids"],
+                          ce_alpha=0.3, kd_alpha=1.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(loss, 0.3 * pard_loss(logits, batch["labels"], weights))  # the KD term is in it
+    with pytest.raises(ValueError, match="loss_only"):
+        Pard2Options(loss_only=True, projection_only=True)
+
+
+def test_loss_only_run_saves_a_target_independent_pard_draft(tmp_path):
+    draft_path, target, tokenizer = write_pard2_inputs(tmp_path)
+    out = train_pard2_draft(pard2_config(tmp_path, draft_path, pard2=Pard2Options(loss_only=True)), target=target)
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["spd_type"] == "pard" and "pard2" not in raw  # no projection, no PARD-2 keys
+    assert not (out / PROJ_SAFETENSORS).exists() and not (out / WARP_FILE).exists()
+    draft = PardAutoModelForCausalLM.from_pretrained(out)
+    assert getattr(draft, "target_proj", None) is None
+    enable_pard(target)
+    ids = torch.tensor([tokenizer("w1 w2 w3 w4")["input_ids"]])
+    got = target.generate(ids, max_new_tokens=12, do_sample=False, pard_draft=draft, num_assistant_tokens=3,
+                          pard_min_tau=None)
+    assert torch.equal(got, target.generate(ids, max_new_tokens=12, do_sample=False))
 
 
 def test_a_compact_draft_folder_is_refused_for_training(tmp_path):

@@ -15,6 +15,7 @@ from .models import (
     DRAFT_DTYPES,
     DTYPES,
     EMBEDDED_TARGET,
+    LoadSettings,
     describe,
     load_autoregressive_draft,
     load_pard_draft,

@@ -16,7 +16,7 @@ One module per concern, each importing only those above it:
 * ``losses``: ``pard_loss``, ``cat_weights``, the chunked KD ``distill_kl``, ``pard2_loss``;
 * ``target_pass``: the frozen target's features, gold probabilities and logits (PARD-2);
   ``target_cache``: the same, precomputed to disk; ``subset``: a vocabulary-subset head's loss;
-* ``trainers``: ``PardTrainer``, ``Pard2Trainer``; ``run``: ``train_draft`` end to end;
+* ``trainers``: ``PardTrainer``, ``DistillTrainer``, ``Pard2Trainer``; ``run``: ``train_draft`` end to end;
 * ``evaluate``: tau, by the engine (``measure_tau``) or teacher-forced (``teacher_forced_tau``).
 
 Separate from the inference engine: nothing in ``transformers_pard`` itself imports this package.
@@ -32,7 +32,7 @@ from .losses import cat_weights, distill_kl, pard2_loss, pard_loss
 from .run import setup_pard2, train_draft, train_pard2_draft
 from .subset import VocabSubset, subset_ids
 from .target_pass import TargetPass, run_target
-from .trainers import Pard2Trainer, PardTrainer
+from .trainers import DistillTrainer, Pard2Trainer, PardTrainer
 
 __all__ = [
     "CACHE_DTYPES",
@@ -44,6 +44,7 @@ __all__ = [
     "PardTrainConfig",
     "PardTrainer",
     "Pard2Options",
+    "DistillTrainer",
     "Pard2Trainer",
     "PreparedDraft",
     "TargetPass",

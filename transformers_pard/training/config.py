@@ -48,6 +48,8 @@ class Pard2Options:
     * ``projection_only``: train ``target_proj`` alone; every other weight of the draft stays as
       loaded. Turns an existing PARD-1 draft into a dual-mode one whose target-independent mode *is*
       that draft, unchanged; the backward pass computes no weight gradients for the draft.
+    * ``loss_only``: PARD-2's loss (CAT weights + KD from the target) without features: no projection,
+      the draft stays a target-independent PARD draft (``training.trainers.DistillTrainer``).
     * ``cache``: folder of precomputed target passes (``training.target_cache``): built on first use
       from the training data, then every epoch reads features, gold probabilities and (through the
       target's output head) KD logits from it instead of running the target. ``cache_dtype``: how
@@ -70,6 +72,9 @@ class Pard2Options:
     projection_only: bool = field(default=False, metadata=_help(
         "train target_proj alone (the draft's own weights stay as loaded: its target-independent mode is the "
         "input draft)", flag="pard2_projection_only"))
+    loss_only: bool = field(default=False, metadata=_help(
+        "PARD-2's loss (CAT + KD from the target) without features: a target-independent PARD draft, no "
+        "projection", flag="pard2_loss_only"))
     cache: str | None = field(default=None, metadata=_help(
         "precomputed target passes: built here from the data on first use, then read every epoch instead of "
         "running the target (features, CAT weights, KD logits)", flag="pard2_cache", metavar="DIR"))
@@ -88,6 +93,9 @@ class Pard2Options:
             raise ValueError(f"ce_alpha and kd_alpha must be >= 0, not both 0; got {self.ce_alpha}, {self.kd_alpha}.")
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature!r}.")
+        if self.loss_only and (self.projection_only or self.standardize):
+            raise ValueError("pard2 loss_only trains without features, so there is no projection to train or "
+                             "standardize: drop projection_only / standardize, or loss_only.")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}.")
 

@@ -25,7 +25,7 @@ from .data import load_training_examples
 from .draft import attach_pard2, prepare_draft
 from .subset import subset_ids
 from .target_pass import check_target_layers
-from .trainers import Pard2Trainer, PardTrainer
+from .trainers import DistillTrainer, Pard2Trainer, PardTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,14 @@ def load_target(path: str, *, bf16: bool = False):
 
 
 def setup_pard2(draft, options: Pard2Options, *, target=None, bf16: bool = False):
-    """Load the target if needed, check the layers and attach the projection; returns the target."""
+    """Load the target if needed, check the layers and attach the projection (none with
+    ``options.loss_only``); returns the target."""
     if target is None:
         if options.target is None:
             raise ValueError("PARD-2 training needs a target: set Pard2Options.target (--target) or pass target=.")
         target = load_target(options.target, bf16=bf16)
-    attach_pard2(draft, options, target_dim=check_target_layers(target, options.layers))
+    if not options.loss_only:
+        attach_pard2(draft, options, target_dim=check_target_layers(target, options.layers))
     return target
 
 
@@ -112,7 +114,7 @@ def make_collator(config: PardTrainConfig, tokenizer, mask_id: int) -> PardDataC
 def train_draft(config: PardTrainConfig, *, callbacks: Sequence | None = None, target=None) -> Path:
     """Train a PARD draft end to end; returns the folder holding the final model.
 
-    With ``config.pard2`` set this trains a PARD-2 draft: ``target`` (a loaded model; default: loaded
+    With ``config.pard2`` set this trains a PARD-2 draft (``loss_only``: a PARD draft with PARD-2's loss): ``target`` (a loaded model; default: loaded
     from ``config.pard2.target``) supplies features, CAT weights and the KD teacher, and is not saved.
     """
     model, tokenizer = load_draft(config.draft, tokenizer_path=config.tokenizer)
@@ -123,7 +125,8 @@ def train_draft(config: PardTrainConfig, *, callbacks: Sequence | None = None, t
     trainer_cls, extra = PardTrainer, {"vocab_ids": run_vocab_ids(config, model, tokenizer, examples, mask_id)}
     if config.pard2 is not None:
         target = setup_pard2(model, config.pard2, target=target, bf16=config.bf16)
-        trainer_cls, extra = Pard2Trainer, {**extra, "target": target, "pard2": config.pard2}
+        trainer_cls = DistillTrainer if config.pard2.loss_only else Pard2Trainer
+        extra = {**extra, "target": target, "pard2": config.pard2}
     elif target is not None:
         raise ValueError("A target was given but config.pard2 is unset: PARD-1 training uses no target.")
     trainer = trainer_cls(

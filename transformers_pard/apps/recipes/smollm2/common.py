@@ -87,6 +87,8 @@ class TrainSettings:
         "train target_proj on standardized features (stored folded, with a bias)"))
     pard2_projection_only: bool = field(default=False, metadata=_help(
         "train target_proj alone, the draft's weights as loaded (e.g. --init-from a PARD-1 draft)"))
+    pard2_loss_only: bool = field(default=False, metadata=_help(
+        "PARD-2's loss (CAT + KD from the target) without features: a target-independent PARD draft"))
     pard2_cache: str | None = field(default=None, metadata=_help(
         "train stage: precomputed target passes (built here on first use, then read every epoch)", metavar="DIR"))
     vocab_subset: int | None = field(default=None, metadata=_help(

@@ -92,7 +92,7 @@ def train_config(settings: TrainSettings, *, draft: str, data: tuple[str, ...], 
     mask token (and PARD-2 options when ``settings.pard2``)."""
     s = settings
     pard2 = Pard2Options(layers=s.pard2_layers, scale=s.pard2_scale, standardize=s.pard2_standardize,
-                         projection_only=s.pard2_projection_only, cache=s.pard2_cache) if s.pard2 else None
+                         projection_only=s.pard2_projection_only, loss_only=s.pard2_loss_only, cache=s.pard2_cache) if s.pard2 else None
     return PardTrainConfig(
         draft=draft, data=tuple(data), output=output, k=s.k, cod_ratio=s.cod_ratio, cod_min=s.cod_min, epochs=s.epochs,
         max_steps=s.max_steps, learning_rate=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
