@@ -36,7 +36,7 @@ def saved(tmp_path_factory):
 
 def test_demo_defaults():
     args = parse(["demo"])
-    assert (args.target, args.draft, args.k, args.max_new_tokens) == ("smollm2", DEFAULT_DRAFT, 8, 96)
+    assert (args.target, args.draft, args.k, args.max_new_tokens, args.tree_nodes) == ("smollm2", DEFAULT_DRAFT, 8, 96, 8)
     assert (args.dtype, args.device, args.attn, args.compile) == ("fp32", "cpu", "sdpa", None)
     assert args.func is demo.demo
     assert demo.use_compile(None, torch.device("cpu")) and not demo.use_compile(None, torch.device("cuda"))
@@ -159,7 +159,7 @@ def test_demo_on_saved_folders_prints_plain_generates_answers(saved, capsys):
     assert len(re.findall(r"\[tau \d+\.\d\d, identical to plain generate: True\]", out)) == len(demo.DEMO_PROMPTS)
     assert re.search(r"^warm-up [\d.]+ s \(no torch.compile\): excluded from the timings below$", out, re.MULTILINE)
     summary = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2\): [\d.]+ tok/s \| speedup [\d.]+x \| "
+    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes\): [\d.]+ tok/s \| speedup [\d.]+x \| "
                         r"tau [\d.]+ \| outputs identical: True", summary)
 
 

@@ -139,7 +139,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "target's; target = the target's")
     p.add_argument("--k", type=int, default=8, help="draft tokens per round")
     p.add_argument("--tree-nodes", type=int, default=8,
-                   help="pard-tree methods: token-tree nodes verified per round (8: the chain's verify width at K=8)")
+                   help="token-tree nodes verified per round (8: the chain's verify width at K=8): the bench's "
+                        "pard-tree methods, and the demo's PARD (0 there: the chain)")
 
 
 def add_demo_parser(sub) -> None:

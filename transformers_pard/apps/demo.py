@@ -24,12 +24,23 @@ DEMO_PROMPTS = [
 ]
 
 
-def warm_up(target, draft, tokenizer, device, k: int) -> float:
+def pard_kwargs(draft, args: argparse.Namespace) -> dict:
+    """The PARD ``generate`` keywords: K, and a token tree of ``--tree-nodes`` nodes unless 0 (the chain).
+    The tree is on by default: on the bench it beat the chain at the same verify width (docs/results.md)."""
+    tree = {"pard_tree": args.tree_nodes} if args.tree_nodes > 0 else {}
+    return {"pard_draft": draft, "num_assistant_tokens": args.k, **tree}
+
+
+def pard_name(args: argparse.Namespace) -> str:
+    return f"PARD (K={args.k}" + (f", tree of {args.tree_nodes} nodes)" if args.tree_nodes > 0 else ")")
+
+
+def warm_up(target, draft, tokenizer, device, args: argparse.Namespace) -> float:
     """One short call per method (compilation, caches, allocator); returns its seconds."""
     start = time.perf_counter()
     ids = chat_ids(tokenizer, "Hi!", device)
     timed_generate(target, ids, {"max_new_tokens": 8})
-    timed_generate(target, ids, {"max_new_tokens": 8, "pard_draft": draft, "num_assistant_tokens": k})
+    timed_generate(target, ids, {"max_new_tokens": 8, **pard_kwargs(draft, args)})
     return time.perf_counter() - start
 
 
@@ -43,8 +54,7 @@ def compare(target, draft, ids: torch.Tensor, args: argparse.Namespace):
     """(plain output, plain seconds, PARD output dict, PARD seconds) for one prompt."""
     common = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     plain, plain_s = timed_generate(target, ids, common)
-    pard, pard_s = timed_generate(target, ids, {**common, "pard_draft": draft, "num_assistant_tokens": args.k,
-                                                "return_dict_in_generate": True})
+    pard, pard_s = timed_generate(target, ids, {**common, **pard_kwargs(draft, args), "return_dict_in_generate": True})
     return plain, plain_s, pard, pard_s
 
 
@@ -59,7 +69,7 @@ def demo(args: argparse.Namespace) -> None:
     draft = load_pard_draft(args.draft, target, settings)
     print(f"draft dtype: {str(draft.dtype).removeprefix('torch.')} (--draft-dtype {args.draft_dtype}; the "
           "target verifies every token, so the output does not depend on it)")
-    warm = warm_up(target, draft, tokenizer, device, args.k)
+    warm = warm_up(target, draft, tokenizer, device, args)
     what = "torch.compile included" if compiled else "no torch.compile"
     print(f"warm-up {warm:.1f} s ({what}): excluded from the timings below")
     tokens, seconds, committed, rounds, all_identical = [0, 0], [0.0, 0.0], 0, 0, True
@@ -75,6 +85,6 @@ def demo(args: argparse.Namespace) -> None:
         print(f"\n>>> {text}\n{tokenizer.decode(pard.sequences[0, ids.shape[1]:], skip_special_tokens=True)}")
         print(f"[tau {stats.tau:.2f}, identical to plain generate: {identical}]")
     plain_rate, pard_rate = tokens[0] / seconds[0], tokens[1] / seconds[1]
-    print(f"\nplain generate: {plain_rate:.1f} tok/s | PARD (K={args.k}): {pard_rate:.1f} tok/s | "
+    print(f"\nplain generate: {plain_rate:.1f} tok/s | {pard_name(args)}: {pard_rate:.1f} tok/s | "
           f"speedup {pard_rate / plain_rate:.2f}x | tau {committed / max(rounds, 1):.2f} | "
           f"outputs identical: {all_identical}")
