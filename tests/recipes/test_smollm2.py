@@ -252,14 +252,23 @@ def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path,
     loads = []
     monkeypatch.setattr(smollm2.train, "load_smollm2", lambda **kwargs: loads.append(1) or (target, tiny_tokenizer()))
     full = smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
-    assert full == str(tmp_path / "out" / "full-shipped") and loads == [1]
-    assert COMPACT_KEY not in json.loads((tmp_path / "out" / "full-shipped" / "config.json").read_text())
+    digest = smollm2.train.weights_digest(str(tmp_path / "shipped"))
+    assert full == str(tmp_path / "out" / f"full-shipped-{digest}") and loads == [1]
+    assert COMPACT_KEY not in json.loads((tmp_path / "out" / f"full-shipped-{digest}" / "config.json").read_text())
     back = load_draft(full, target=target)
     for key, value in draft.state_dict().items():  # the embedding too: the target's, with the mask row
         assert torch.equal(back.state_dict()[key], value), key
     assert smollm2.full_draft_folder(full, str(tmp_path / "out")) == full  # a full folder is used as it is
     smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
     assert loads == [1]  # written once
+    with torch.no_grad():  # the draft changes in place (a newer shipped draft): a new copy, not the stale one
+        next(p for n, p in draft.named_parameters() if "layers" in n).add_(1.0)
+    save_compact_draft(draft, tmp_path / "shipped", dtype=torch.float32, tokenizer=tiny_tokenizer())
+    newer = smollm2.full_draft_folder(str(tmp_path / "shipped"), str(tmp_path / "out"))
+    assert newer != full and loads == [1, 1]
+    back = load_draft(newer, target=target)
+    for key, value in draft.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
 
 
 def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):

@@ -7,6 +7,7 @@ draft of identical architecture and data. The run's settings are recorded in ``r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import torch
@@ -62,12 +63,23 @@ def hidden_state_stats(target, input_ids: torch.Tensor) -> list[dict]:
              "max_after_first": h[:, 1:].float().abs().max().item()} for i, h in enumerate(states)]
 
 
+def weights_digest(folder: str) -> str:
+    """The first 12 hex digits of the sha256 of a draft folder's ``model.safetensors``."""
+    digest = hashlib.sha256()
+    with open(os.path.join(folder, "model.safetensors"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def full_draft_folder(folder: str, out_dir: str) -> str:
     """``folder`` itself, or, for a compact draft (such as the shipped one), a full copy of it written
-    once under ``out_dir`` (training needs the embedding in the folder)."""
+    once under ``out_dir`` (training needs the embedding in the folder). The copy is named by the compact
+    folder's weights (``full-<name>-<digest>``), so a draft that changed in place is never trained from a
+    stale copy."""
     if not is_compact_draft(AutoConfig.from_pretrained(folder)):
         return folder
-    full = os.path.join(out_dir, "full-" + os.path.basename(os.path.normpath(folder)))
+    full = os.path.join(out_dir, f"full-{os.path.basename(os.path.normpath(folder))}-{weights_digest(folder)}")
     if not os.path.exists(os.path.join(full, "config.json")):
         draft = load_draft(folder, target=load_smollm2()[0], dtype=torch.float32)
         export_full_draft(draft, full, tokenizer=AutoTokenizer.from_pretrained(folder))
