@@ -203,7 +203,7 @@ class Pard2Trainer(DistillTrainer):
     """
 
     def __init__(self, *args, target, pard2: Pard2Options | None = None, **kwargs):
-        model = kwargs.get("model")
+        model = kwargs.get("model", args[0] if args else None)  # Trainer's first argument
         config = Pard2Config.from_model_config(model.config) if model is not None else None
         if config is None or getattr(model, "target_proj", None) is None:
             raise ValueError(
