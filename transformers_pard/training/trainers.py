@@ -166,8 +166,11 @@ class DistillTrainer(PardTrainer):
         return run_target(self.target_model, ids, attention_mask, self.target_layers)
 
     def target_pass(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch entries the target's pass adds (``batch_entries``)."""
+        return self.batch_entries(self.run_target_pass(inputs))
+
+    def batch_entries(self, out: TargetPass) -> dict[str, torch.Tensor]:
         """The teacher's part of the batch: its logits (KD) and gold probabilities (CAT)."""
-        out = self.run_target_pass(inputs)
         return {"target_logits": out.logits, "gold_probs": out.gold}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -233,15 +236,13 @@ class Pard2Trainer(DistillTrainer):
         draft = self.accelerator.unwrap_model(self.model)
         draft.target_proj = StandardizedProjection.wrap(draft.target_proj, mean, std)
 
-    def target_pass(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def batch_entries(self, out: TargetPass) -> dict[str, torch.Tensor]:
         """The teacher's part plus the features; features of dropped samples zeroed."""
-        out = self.run_target_pass(inputs)
         keep = feature_keep_mask(out.gold.shape[0], self.pard2_options.target_feat_mask,
                                  generator=self.feature_generator).to(out.gold.device)  # (B,)
         return {
-            "target_logits": out.logits,
+            **super().batch_entries(out),
             "target_features": out.features * keep[:, None, None].to(out.features.dtype),
-            "gold_probs": out.gold,
             "use_target_features": keep,
         }
 
