@@ -17,6 +17,7 @@ import sys
 from transformers import AutoTokenizer
 
 from transformers_pard.apps.embedded import GGUF_FILE, smollm2_dir
+from transformers_pard.apps.recipes.smollm2.export import answer_counts
 
 
 def describe(path: str, tokenizer) -> dict:
@@ -24,8 +25,7 @@ def describe(path: str, tokenizer) -> dict:
     with open(path, "rb") as f:
         raw = f.read()
     rows = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-    answers = [r["messages"][-1]["content"] for r in rows if "messages" in r]
-    tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]) if answers else 0
+    _, tokens = answer_counts(rows, tokenizer)
     return {"rows": len(rows), "answer_tokens": tokens, "sha256": hashlib.sha256(raw).hexdigest()}
 
 

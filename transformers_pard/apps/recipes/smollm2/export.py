@@ -58,6 +58,15 @@ def recipe_commands(run_dir: str) -> list[str]:
     return (recipe_commands(parent) if parent else []) + [command]
 
 
+def answer_counts(rows: list[dict], tokenizer) -> tuple[int, int]:
+    """(answers, answer tokens) of jsonl rows: the last message of each chat row (rows without messages,
+    such as prompt files, count nothing)."""
+    answers = [row["messages"][-1]["content"] for row in rows if "messages" in row]
+    if not answers:
+        return 0, 0
+    return len(answers), sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+
+
 def data_summary(out_dir: str, tokenizer) -> str:
     """One line on the training data: answers and answer tokens per training file of ``out_dir``."""
     parts = []
@@ -65,9 +74,8 @@ def data_summary(out_dir: str, tokenizer) -> str:
         if not os.path.exists(path):
             continue
         with open(path) as f:
-            answers = [json.loads(line)["messages"][-1]["content"] for line in f if line.strip()]
-        tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
-        parts.append(f"`{os.path.basename(path)}` {len(answers):,} answers / {tokens:,} tokens")
+            answers, tokens = answer_counts([json.loads(line) for line in f if line.strip()], tokenizer)
+        parts.append(f"`{os.path.basename(path)}` {answers:,} answers / {tokens:,} tokens")
     return "; ".join(parts)
 
 
