@@ -114,8 +114,9 @@ def make_collator(config: PardTrainConfig, tokenizer, mask_id: int) -> PardDataC
 def train_draft(config: PardTrainConfig, *, callbacks: Sequence | None = None, target=None) -> Path:
     """Train a PARD draft end to end; returns the folder holding the final model.
 
-    With ``config.pard2`` set this trains a PARD-2 draft (``loss_only``: a PARD draft with PARD-2's loss): ``target`` (a loaded model; default: loaded
-    from ``config.pard2.target``) supplies features, CAT weights and the KD teacher, and is not saved.
+    With ``config.pard2`` set this trains a PARD-2 draft (``loss_only``: a PARD draft with PARD-2's loss):
+    ``target`` (a loaded model; default: loaded from ``config.pard2.target``) supplies features, CAT weights
+    and the KD teacher, and is not saved.
     """
     model, tokenizer = load_draft(config.draft, tokenizer_path=config.tokenizer)
     model, tokenizer, mask_id, source = prepare_draft(model, tokenizer, mask_token=config.mask_token)
