@@ -159,7 +159,7 @@ def test_demo_on_saved_folders_prints_plain_generates_answers(saved, capsys):
     assert len(re.findall(r"\[tau \d+\.\d\d, identical to plain generate: True\]", out)) == len(demo.DEMO_PROMPTS)
     assert re.search(r"^warm-up [\d.]+ s \(no torch.compile\): excluded from the timings below$", out, re.MULTILINE)
     summary = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes\): [\d.]+ tok/s \| speedup [\d.]+x \| "
+    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes \+ a lookup branch of 2\): [\d.]+ tok/s \| speedup [\d.]+x \| "
                         r"tau [\d.]+ \| outputs identical: True", summary)
 
 
@@ -178,7 +178,7 @@ def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):
     assert report["settings"] == {
         "target": saved.target, "draft": saved.compact_draft, "ar_draft": saved.ar_draft,
         "pard2_draft": saved.pard2_draft, "methods": methods, "k": 2, "max_new_tokens": 6, "dtype": "fp32", "draft_dtype": "auto",
-        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 8,
+        "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 8, "lookup_nodes": 2,
         "prompts": [saved.prompts],
         "limit": 2}
     models = report["models"]

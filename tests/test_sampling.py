@@ -128,6 +128,17 @@ def test_token_tree_sampling_matches_the_target_distribution(models, name):
     assert calls[-1].tree_nodes == 6 and 1.0 < calls[-1].tau < NEW
 
 
+@pytest.mark.parametrize("name", ["temperature", "top_k_top_p_temperature"])
+def test_token_tree_with_a_lookup_branch_matches_the_target_distribution(models, name):
+    """pard_lookup: fixed candidates (the text's n-gram continuation, else the draft's top-1 chain) beside
+    the i.i.d. siblings, each with a one-hot q: still the target's distribution."""
+    target, draft = models
+    calls = []
+    counts = pard_draws(target, draft, SETTINGS[name], stats=calls, pard_tree=6, pard_lookup=2)
+    assert chi_square_p(counts, exact_distribution(target, SETTINGS[name])) > 1e-3
+    assert calls[-1].lookup_nodes == 2 and 1.0 < calls[-1].tau < NEW
+
+
 def test_a_wrong_q_is_caught(models, monkeypatch):
     """Sampling drafts from the processed q but reporting the raw softmax as q biases the output."""
     target, draft = models

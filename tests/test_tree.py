@@ -13,8 +13,8 @@ from scipy.stats import chisquare
 from transformers_pard import tree as tree_module
 from transformers_pard.scoring import Scorer
 from transformers_pard.tree import (
-    TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
-    static_tree, tree_attention, verify_layout,
+    TokenTree, TreeShape, dynamic_tree, greedy_accept, ngram_continuation, sampled_tree, sampling_accept, shape_attention,
+    static_shape, static_tree, tree_attention, verify_layout, with_chain,
 )
 from transformers_pard.drafting import DraftLogits
 from transformers_pard.verification import GreedyVerifier
@@ -359,6 +359,62 @@ def test_greedy_accept_literal():
 
 
 # ----------------------------------------------------------------------------------------------
+# The lookup branch (prompt lookup)
+# ----------------------------------------------------------------------------------------------
+
+
+def lookup_reference(text: list[int], length: int, max_ngram: int) -> list[int] | None:
+    """The latest earlier occurrence of the longest suffix n-gram; its continuation, looping past the end."""
+    for n in range(max_ngram, 0, -1):
+        if len(text) <= n:
+            continue
+        for j in range(len(text) - n - 1, -1, -1):
+            if text[j:j + n] == text[-n:]:
+                period = len(text) - (j + n)
+                return [text[j + n + i % period] for i in range(length)]
+    return None
+
+
+@settings(max_examples=80)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), vocab=st.integers(2, 6), length=st.integers(1, 6),
+       max_ngram=st.integers(1, 4), data=st.data())
+def test_ngram_continuation_equals_the_slow_reference(seed, batch, vocab, length, max_ngram, data):
+    width = 14
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(vocab, (batch, width), generator=generator)  # (B, S), past `end`: stale tokens
+    begin = torch.tensor([data.draw(st.integers(0, 5)) for _ in range(batch)])
+    end = torch.tensor([data.draw(st.integers(int(b) + 1, width)) for b in begin])
+    continuation, found = ngram_continuation(tokens, begin, end, length=length, max_ngram=max_ngram)
+    for b in range(batch):
+        expected = lookup_reference(tokens[b, begin[b]:end[b]].tolist(), length, max_ngram)
+        assert bool(found[b]) == (expected is not None)
+        if expected is not None:
+            assert continuation[b].tolist() == expected
+
+
+def test_ngram_continuation_literal():
+    # text 5 6 7 8 5 6: the suffix "5 6" occurred at 0, followed by 7 8 5 6 (then it loops: 7 8 ...)
+    tokens = torch.tensor([[0, 0, 5, 6, 7, 8, 5, 6, 9, 9]])  # two pads in front, stale tokens after
+    continuation, found = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([8]), length=6, max_ngram=3)
+    assert found.tolist() == [True] and continuation.tolist() == [[7, 8, 5, 6, 7, 8]]
+    # the pads never match: "0" occurs only in the padding
+    tokens = torch.tensor([[0, 0, 5, 6, 0]])
+    _, found = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([5]), length=2)
+    assert found.tolist() == [False]
+
+
+def test_with_chain_appends_a_root_branch_and_its_static_attention():
+    shape = TreeShape(DOC_PATHS, k=3)
+    tree = with_chain(static_tree(torch.randn(2, 3, 10), shape), torch.tensor([[4, 5], [6, 7]]))
+    tree.check()
+    assert tree.parents[0, 6:].tolist() == [-1, 6] and tree.depth[0, 6:].tolist() == [1, 2]
+    assert tree.rank[:, 6:].tolist() == [[-1, -1]] * 2 and tree.tokens[1, 6:].tolist() == [6, 7]
+    assert torch.equal(shape_attention(shape, chain=2), tree_attention(tree)[0])
+    with pytest.raises(ValueError, match="1..K = 3"):
+        with_chain(tree, torch.zeros(2, 4, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------
 # Sampling acceptance: chi-square on an exact small distribution
 # ----------------------------------------------------------------------------------------------
 
@@ -377,8 +433,10 @@ def second_token_table(seed: int) -> torch.Tensor:
     return table / table.sum(1, keepdim=True)
 
 
-def run_sampling_rounds(seed: int):
-    """DRAWS independent rounds (one per row) of a sampled tree: root -> 3 i.i.d. children -> 2 each.
+def run_sampling_rounds(seed: int, lookup: tuple[int, ...] = (), lookup_rank: int = -1):
+    """DRAWS independent rounds (one per row) of a sampled tree: root -> 3 i.i.d. children -> 2 each,
+    plus, when ``lookup`` is given, a fixed chain of those tokens under the root (a lookup branch; its
+    nodes get ``lookup_rank``, -1 = fixed candidates).
 
     Returns the committed first token (B,) and the first two tokens (B, 2), the second one drawn from
     the target itself (the next round) when the round committed only one token."""
@@ -386,6 +444,9 @@ def run_sampling_rounds(seed: int):
     p1 = second_token_table(seed + 1)  # (V, V)
     q = torch.stack([Q1, Q2]).expand(DRAWS, -1, -1)  # (B, K, V)
     tree = sampled_tree(q, SIBLINGS_SHAPE, generator=generator)
+    if lookup:
+        tree = with_chain(tree, torch.tensor(lookup).expand(DRAWS, -1))
+        tree = TokenTree(tree.tokens, tree.parents, tree.depth, torch.where(tree.rank < 0, lookup_rank, tree.rank), tree.k)
     tree.check()
     node_p = torch.where((tree.depth == 1)[..., None], p1[tree.tokens], torch.full((VOCAB,), 1 / VOCAB, dtype=p1.dtype))
     target_probs = torch.cat([P0.expand(DRAWS, 1, -1), node_p], dim=1)  # (B, 1+N, V)
@@ -396,8 +457,8 @@ def run_sampling_rounds(seed: int):
     return first, torch.stack([first, second], dim=1), out, p1
 
 
-def chi_square_p_values(seed: int) -> tuple[float, float]:
-    first, pair, _, p1 = run_sampling_rounds(seed)
+def chi_square_p_values(seed: int, **lookup) -> tuple[float, float]:
+    first, pair, _, p1 = run_sampling_rounds(seed, **lookup)
     observed = torch.bincount(first, minlength=VOCAB).double()
     p_first = chisquare(observed.numpy(), (P0 * DRAWS).numpy()).pvalue
     joint = (P0[:, None] * p1).flatten()  # (V*V,)
@@ -414,6 +475,24 @@ def test_sampling_accept_follows_the_target_distribution():
         p_first, p_pair = chi_square_p_values(seed)
         assert p_first > 1e-3, p_first
         assert p_pair > 1e-3, p_pair
+
+
+def test_sampling_accept_with_a_lookup_branch_follows_the_target_distribution():
+    """A fixed candidate chain (token 1, then 3) beside the i.i.d. siblings: one-hot q keeps the rule exact,
+    and the branch is taken (its first token is accepted in some rounds)."""
+    _, _, out, _ = run_sampling_rounds(0, lookup=(1, 3))
+    lookup_first = SIBLINGS_SHAPE.num_nodes  # the chain's first node
+    assert int((out.path[:, 0] == lookup_first).sum()) > 500
+    for seed in (0, 1):
+        p_first, p_pair = chi_square_p_values(seed, lookup=(1, 3))
+        assert p_first > 1e-3, p_first
+        assert p_pair > 1e-3, p_pair
+
+
+def test_chi_square_catches_a_lookup_branch_treated_as_a_draft_sample():
+    """The same branch with rank 0 (as if drawn from q): accepted with p/q instead of p, biased."""
+    p_first, p_pair = chi_square_p_values(0, lookup=(1, 3), lookup_rank=0)
+    assert p_first < 1e-6 and p_pair < 1e-6, (p_first, p_pair)
 
 
 WRONG_RESIDUALS = {
@@ -464,8 +543,9 @@ def test_sampling_accept_path_contract():
     max_new_tokens=st.integers(1, 20),
     seed=st.integers(0, 2**16),
     measured=st.booleans(),
+    lookup=st.integers(0, 8),
 )
-def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed, measured):
+def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed, measured, lookup):
     from transformers_pard.testing import left_padded_batch, perturbed_pard_draft
 
     target = targets[arch]
@@ -474,9 +554,27 @@ def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max
     draft = perturbed_pard_draft(target, seed=seed, noise=0.5)
     if measured:  # a static shape from a per-slot table (ranks 1..3), else the dynamic tree
         draft.config.pard_tree_topk_accuracy = [[0.4, 0.5, 0.55], [0.25, 0.35, 0.4], [0.1, 0.2, 0.25]]
+    lookup = min(lookup, k, budget - 1)  # a lookup branch of up to K nodes, inside the budget
     out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pard_draft=draft,
-                          num_assistant_tokens=k, pard_tree=budget, pard_min_tau=None)
+                          num_assistant_tokens=k, pard_tree=budget, pard_lookup=lookup, pard_min_tau=None)
     assert torch.equal(out, expected)
+
+
+def test_a_lookup_branch_accepts_more_on_repeating_text(targets):
+    """A prompt that repeats a phrase: a target that continues it (a tiny random model often loops) is
+    predicted by the lookup branch better than by a weak draft alone; outputs stay identical."""
+    from transformers_pard.testing import perturbed_pard_draft
+
+    target = targets["llama"]
+    ids = torch.tensor([[11, 12, 13, 14, 15, 16] * 4])
+    draft = perturbed_pard_draft(target, seed=1, noise=2.0)
+    runs = {lookup: target.generate(ids, max_new_tokens=48, pard_draft=draft, num_assistant_tokens=8, pard_tree=12,
+                                    pard_lookup=lookup, pard_min_tau=None, return_dict_in_generate=True)
+            for lookup in (0, 8)}
+    assert torch.equal(runs[0].sequences, target.generate(ids, max_new_tokens=48, do_sample=False))
+    assert torch.equal(runs[0].sequences, runs[8].sequences)
+    assert runs[8].pard_stats.tau > runs[0].pard_stats.tau
+    assert runs[8].pard_stats.lookup_nodes == 8 and runs[0].pard_stats.lookup_nodes == 0
 
 
 def test_a_tree_accepts_more_than_the_chain_with_the_same_draft(targets):
@@ -505,6 +603,14 @@ def test_tree_refuses_what_it_cannot_honour(targets):
         target.generate(ids, pard_draft=draft, pard_tree=8, repetition_penalty=1.2, max_new_tokens=3)
     with pytest.raises(ValueError, match="'constant' num_assistant_tokens_schedule"):
         target.generate(ids, pard_draft=draft, pard_tree=8, num_assistant_tokens_schedule="heuristic", max_new_tokens=3)
+    with pytest.raises(ValueError, match="pard_lookup=4 needs a token tree: pass pard_tree=N"):
+        target.generate(ids, pard_draft=draft, pard_lookup=4, max_new_tokens=3)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=-1, max_new_tokens=3)
+    with pytest.raises(ValueError, match="at most K = 4"):
+        target.generate(ids, pard_draft=draft, pard_tree=12, pard_lookup=5, num_assistant_tokens=4, max_new_tokens=3)
+    with pytest.raises(ValueError, match="below pard_tree=4"):
+        target.generate(ids, pard_draft=draft, pard_tree=4, pard_lookup=4, num_assistant_tokens=8, max_new_tokens=3)
 
 
 def test_pard2_tree_decoding_is_lossless_and_compiles_once(targets):
@@ -527,7 +633,8 @@ def test_pard2_tree_decoding_is_lossless_and_compiles_once(targets):
     for seed, length in ((0, 5), (1, 12)):
         ids = torch.randint(3, 90, (1, length), generator=torch.Generator().manual_seed(seed))
         reference = compiled.generate(ids, max_new_tokens=12, do_sample=False)
-        tree_out = compiled.generate(ids, pard_draft=draft, max_new_tokens=12, num_assistant_tokens=3, pard_tree=10,
-                                     pard_min_tau=None)
-        assert torch.equal(tree_out, reference)
+        for lookup in (0, 3):  # a lookup branch inside the same 10 nodes: no new shape
+            tree_out = compiled.generate(ids, pard_draft=draft, max_new_tokens=12, num_assistant_tokens=3, pard_tree=10,
+                                         pard_lookup=lookup, pard_min_tau=None)
+            assert torch.equal(tree_out, reference)
     assert counter.frame_count == 3  # the draft (width 2K), the tree verify (width 1 + N), the accepted path's KV move

@@ -52,6 +52,8 @@ class PardStats:
     wall_time_s: float = 0.0
     #: Token trees: candidate nodes verified per drafting round (N), else None (a chain of K).
     tree_nodes: int | None = None
+    #: Of those N, the nodes of the lookup branch (``pard_lookup``; 0: none).
+    lookup_nodes: int = 0
     #: Seconds per phase ("prefill", "draft", "verify", "other") when asked (``pard_timing=True``), else None.
     phase_seconds: dict[str, float] | None = None
 
@@ -95,6 +97,7 @@ class RoundState:
 
     tokens: torch.Tensor  # (B, P + max_new + K + 1) output buffer
     prompt_len: int
+    pad: torch.Tensor  # (B,) left padding: row b's text is tokens[b, pad[b] : prompt_len + num_generated[b]]
     num_generated: torch.Tensor  # (B,)
     finished: torch.Tensor  # (B,) bool
     last_token: torch.Tensor  # (B,) newest committed token, not yet in the target cache
@@ -206,6 +209,7 @@ def _initial_state(inputs: LoopInputs, prompt_len: int, pad: torch.Tensor) -> Ro
     return RoundState(
         tokens=tokens,
         prompt_len=prompt_len,
+        pad=pad,
         num_generated=torch.zeros_like(pad),
         finished=torch.zeros(batch, dtype=torch.bool, device=input_ids.device),
         last_token=input_ids[:, -1].clone(),

@@ -173,6 +173,7 @@ def _pop_call_arguments(kwargs: dict) -> dict:
         "tokenizer": kwargs.pop("tokenizer", None),
         "pard_mode": kwargs.pop("pard_mode", None),
         "pard_tree": kwargs.pop("pard_tree", None),
+        "pard_lookup": kwargs.pop("pard_lookup", 0),
         "schedule": ScheduleConfig(
             schedule=kwargs.pop("num_assistant_tokens_schedule", None) or "constant",
             min_tau=kwargs.pop("pard_min_tau", ScheduleConfig.min_tau),
@@ -263,12 +264,22 @@ def _loop_inputs(model, drafter, config, call_args, input_ids, attention_mask, k
 
 def _verifier(scorer: Scorer, config, call_args, k: int, draft):
     """The chain verifiers, or ``TreeVerifier`` for ``pard_tree=N`` (checked here)."""
-    budget = call_args["pard_tree"]
+    budget, lookup = call_args["pard_tree"], call_args["pard_lookup"]
+    if lookup is None or isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
+        raise ValueError(f"pard_lookup is the number of tree nodes given to the lookup branch (an integer >= 0), "
+                         f"got {lookup!r}.")
     if budget is None:
+        if lookup:
+            raise ValueError(f"pard_lookup={lookup} needs a token tree: pass pard_tree=N as well (the lookup branch "
+                             f"takes {lookup} of its N nodes), e.g. pard_tree={8 + lookup}, pard_lookup={lookup}.")
         return SamplingVerifier(scorer) if config.do_sample else GreedyVerifier(scorer)
     if draft is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"pard_tree is the number of tree nodes verified per round (an integer >= 1, with a "
                          f"pard_draft), got {budget!r}. Use None for a chain of K draft tokens.")
+    if lookup and not (lookup <= k and lookup < budget):
+        raise ValueError(f"pard_lookup={lookup} must be at most K = {k} (the tree's depth) and below "
+                         f"pard_tree={budget} (the draft keeps at least one node): lower pard_lookup or raise "
+                         f"pard_tree / K.")
     if not scorer.prefix_free:
         raise ValueError("pard_tree with prefix-dependent logits processors (repetition_penalty, no_repeat_ngram_size, "
                          "min_new_tokens, custom processors, ...) is not supported: every tree node has its own "
@@ -278,7 +289,7 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
     accuracy = getattr(draft.config, "pard_tree_topk_accuracy", None)
     static_from = int(getattr(draft.config, "pard_tree_static_min_nodes", 1))
     return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy,
-                        static_min_nodes=static_from)
+                        static_min_nodes=static_from, lookup=lookup)
 
 
 def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
@@ -313,6 +324,7 @@ def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):
         runtime.heuristic_k = max(schedule.k, 1)
     if call_args["pard_tree"] is not None:
         result.stats.tree_nodes = call_args["pard_tree"]
+        result.stats.lookup_nodes = call_args["pard_lookup"]
     if config.return_dict_in_generate:
         return PardGenerateOutput(
             sequences=result.sequences, scores=result.scores, logits=result.logits, pard_stats=result.stats

@@ -32,6 +32,10 @@ token of slot 2 under the top-1 token of slot 1. Example, paths ``(0,) (1,) (0,0
     4     (1, 0)    1       2        4 [ .  1  .  .  1  . ]
     5     (0, 0, 0) 2       3        5 [ 1  .  1  .  .  1 ]
 
+A *lookup branch* (``with_chain``) adds one more path under the root: the n-gram continuation of the
+row's own text (prompt lookup, ``ngram_continuation``), which, unlike the draft's slots, is conditioned
+on the tokens before it. It costs no forward, only verify width.
+
 Builders: ``static_tree`` (a fixed ``TreeShape`` from ``static_shape``, chosen once per draft from its
 measured per-slot top-k accuracies), ``dynamic_tree`` (EAGLE-2: the N nodes of highest path
 probability, per row) -- both *deterministic* candidate sets, for greedy acceptance only -- and
@@ -49,7 +53,7 @@ import torch
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
     "dynamic_tree_from_topk", "shape_attention",
-    "sampled_tree", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
+    "sampled_tree", "ngram_continuation", "with_chain", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
 
@@ -251,6 +255,56 @@ def sampled_tree(q: torch.Tensor, shape: TreeShape, *, generator: torch.Generato
 
 
 # ----------------------------------------------------------------------------------------------
+# A lookup branch (prompt lookup: an n-gram continuation of the row's own text)
+# ----------------------------------------------------------------------------------------------
+
+
+def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, *, length: int,
+                       max_ngram: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt lookup, per row: the ``length`` tokens that followed the most recent earlier occurrence of
+    the row's last n tokens (n = ``max_ngram`` down to 1, the longest n that occurs), and whether any did.
+
+    ``tokens`` (B, S): row b's text is ``tokens[b, begin[b]:end[b]]`` (prompt + committed output, its
+    newest token at ``end - 1``). When the continuation runs into the suffix itself (a loop of period
+    ``end - s`` shorter than ``length``, s = where the continuation starts), it repeats that period: the
+    text is predicted to keep looping. Rows with no match get ``found`` False and unspecified tokens.
+    Returns ``(continuation (B, length) long, found (B,) bool)``; all on the tokens' device, no host sync.
+    """
+    batch, width = tokens.shape  # (B, S)
+    best = torch.full_like(begin, -1)  # (B,) start of the chosen earlier occurrence
+    best_n = torch.zeros_like(begin)  # (B,)
+    for n in range(min(max_ngram, width - 1), 0, -1):
+        suffix = tokens.gather(1, (end[:, None] - n + torch.arange(n, device=tokens.device)).clamp(min=0))  # (B, n)
+        windows = tokens.unfold(1, n, 1)  # (B, S-n+1, n): window j = tokens[j:j+n]
+        start = torch.arange(windows.shape[1], device=tokens.device)  # (S-n+1,)
+        match = ((windows == suffix[:, None, :]).all(-1) & (start >= begin[:, None])
+                 & (start + n < end[:, None]) & (end - n >= begin)[:, None])  # (B, S-n+1): strictly earlier
+        latest = torch.where(match, start, -1).amax(1)  # (B,)
+        take = (best < 0) & (latest >= 0)  # (B,) the longest n wins
+        best, best_n = torch.where(take, latest, best), torch.where(take, n, best_n)
+    found = best >= 0  # (B,)
+    follow = best + best_n  # (B,) where the continuation starts
+    period = (end - follow).clamp(min=1)  # (B,)
+    index = follow[:, None] + torch.arange(length, device=tokens.device) % period[:, None]  # (B, L)
+    return tokens.gather(1, index.clamp(0, width - 1)), found
+
+
+def with_chain(tree: TokenTree, tokens: torch.Tensor) -> TokenTree:
+    """``tree`` plus one more branch under the root: a chain of ``tokens`` (B, L), L <= K, appended after
+    the tree's nodes (topological order kept). Its nodes get rank -1: fixed candidates, not draws from
+    the draft's q (``sampling_accept`` gives them a one-hot q)."""
+    batch, length = tokens.shape  # (B, L)
+    if not 1 <= length <= tree.k:
+        raise ValueError(f"A chain under the root has 1..K = {tree.k} nodes, got {length}.")
+    n = tree.num_nodes
+    steps = torch.arange(length, device=tokens.device)  # (L,)
+    parents = torch.where(steps == 0, -1, n + steps - 1).expand(batch, -1)  # (B, L)
+    cat = lambda old, new: torch.cat([old, new.to(old.dtype)], dim=1)  # noqa: E731
+    return TokenTree(cat(tree.tokens, tokens), cat(tree.parents, parents), cat(tree.depth, (steps + 1).expand(batch, -1)),
+                     cat(tree.rank, torch.full_like(tokens, -1)), tree.k)
+
+
+# ----------------------------------------------------------------------------------------------
 # The verify forward's layout
 # ----------------------------------------------------------------------------------------------
 
@@ -270,11 +324,15 @@ def tree_attention(tree: TokenTree) -> torch.Tensor:
     return seen
 
 
-def shape_attention(shape: TreeShape) -> torch.Tensor:
-    """``tree_attention`` of a static shape (N, N): the same every round, so build it once."""
+def shape_attention(shape: TreeShape, *, chain: int = 0) -> torch.Tensor:
+    """``tree_attention`` of a static shape, plus a ``chain``-node branch under the root when > 0 (a
+    lookup branch, ``with_chain``): (N + chain, N + chain), the same every round, so build it once."""
     parents, depth, rank = shape.tensors()  # (N,) each
     tokens = torch.zeros_like(parents)[None]  # (1, N) the tokens play no part in the mask
-    return tree_attention(TokenTree(tokens, parents[None], depth[None], rank[None], shape.k))[0]
+    tree = TokenTree(tokens, parents[None], depth[None], rank[None], shape.k)
+    if chain:
+        tree = with_chain(tree, torch.zeros(1, chain, dtype=torch.long))
+    return tree_attention(tree)[0]
 
 
 @dataclass(frozen=True)
@@ -391,8 +449,11 @@ def sampling_accept(tree: TokenTree, q: torch.Tensor, target_probs: torch.Tensor
     draw from q) into "accept" with mass min(p, q) and a rejection with mass sum max(0, p - q), after
     which the remaining siblings, by induction, produce exactly norm(max(0, p - q)); the sum is p. An
     accepted child's own children are independent of the decisions that chose it, so the same holds
-    one level down: every committed token follows the target. Not exact for deterministic candidate
-    sets (top-k trees): use ``greedy_accept`` with those.
+    one level down: every committed token follows the target. The argument needs each sibling to be
+    drawn independently of the others and of the coin flips, from a q it knows, not the same q for all:
+    a fixed candidate (rank -1, ``with_chain``'s lookup branch, chosen from the committed text alone)
+    is a draw from a one-hot q, accepted with probability p(c), and a rejection removes c from p. Not
+    exact for top-k trees (their siblings depend on each other): use ``greedy_accept`` with those.
     """
     batch, n = tree.tokens.shape
     rows = torch.arange(batch, device=q.device)  # (B,)
@@ -402,6 +463,8 @@ def sampling_accept(tree: TokenTree, q: torch.Tensor, target_probs: torch.Tensor
         token = tree.tokens[:, j]  # (B,)
         tried = tree.parents[:, j] == cur  # (B,) node j is the next untried child of the current node
         q_j = q[rows, tree.depth[:, j] - 1].float()  # (B, V) the distribution node j was drawn from
+        fixed = (tree.rank[:, j] < 0)[:, None]  # (B, 1) a fixed candidate (lookup branch): q is one-hot
+        q_j = torch.where(fixed, torch.nn.functional.one_hot(token, q_j.shape[-1]).float(), q_j)  # (B, V)
         u = torch.rand(batch, generator=generator, device=q.device)  # (B,)
         accept = tried & (u * q_j[rows, token] < p[rows, token])  # u < p(c) / q(c)
         p = torch.where((tried & ~accept)[:, None], residual_distribution(p, q_j), p)

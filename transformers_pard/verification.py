@@ -19,8 +19,8 @@ import torch
 
 from .drafting import DraftLogits
 from .scoring import Scorer
-from .tree import (TokenTree, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention, static_shape,
-                   static_tree, verify_layout)
+from .tree import (TokenTree, dynamic_tree, greedy_accept, ngram_continuation, sampled_tree, sampling_accept,
+                   shape_attention, static_shape, static_tree, verify_layout, with_chain)
 
 
 @dataclass
@@ -154,48 +154,67 @@ class TreeVerifier:
     that cannot hold N nodes in K levels) the EAGLE-2-style dynamic tree, the N nodes of highest draft
     path probability. Sampling: a tree of i.i.d. draws from q in a static shape and the multi-candidate
     rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
-    Logits processors must not depend on the prefix (each node has its own)."""
+    Logits processors must not depend on the prefix (each node has its own).
+
+    ``lookup`` = L > 0 spends L of the N nodes on a lookup branch (``tree.with_chain``): the row's own
+    text continued after the latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt
+    lookup), or, where nothing recurs, the draft's top-1 chain; the draft's tree gets the other N - L."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
-                 static_min_nodes: int = 1):
+                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
+        self.lookup, self.lookup_ngram = lookup, lookup_ngram
+        self.draft_budget = budget - lookup  # nodes of the draft's own tree
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
-        holds = budget <= sum(accuracy.shape[1] ** d for d in range(1, k + 1))  # else only a dynamic tree can
-        static = topk_accuracy is not None and holds and budget >= static_min_nodes
-        self.shape = static_shape(accuracy[:k], budget) if sampling or static else None
-        self.node_attention = None if self.shape is None else shape_attention(self.shape)  # (N, N), every round
+        holds = self.draft_budget <= sum(accuracy.shape[1] ** d for d in range(1, k + 1))  # else only dynamic can
+        static = topk_accuracy is not None and holds and self.draft_budget >= static_min_nodes
+        self.shape = static_shape(accuracy[:k], self.draft_budget) if sampling or static else None
+        self.node_attention = (None if self.shape is None
+                               else shape_attention(self.shape, chain=lookup))  # (N, N), every round
 
     def verify_width(self, k: int) -> int:
         return 1 + self.budget
 
     def propose(self, state, draft: DraftLogits):
         if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
-            return self._greedy_tree(draft.values, draft.target_ids), None  # on the head's own columns
+            tree = self._greedy_tree(draft.values, draft.target_ids)  # on the head's own columns
+            return self._with_lookup(state, tree, lambda: draft.target_ids(draft.values.argmax(-1))), None
         draft_logits = draft.full()  # (B, K, V)
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
+        top1 = lambda: scores.argmax(-1)  # noqa: E731  (B, K) the draft's chain, the lookup branch's fallback
         if not self.sampling:
-            return self._greedy_tree(scores, lambda columns: columns), None
+            return self._with_lookup(state, self._greedy_tree(scores, lambda columns: columns), top1), None
         q = torch.softmax(scores, -1)  # (B, K, V)
-        return sampled_tree(q, self.shape), q
+        return self._with_lookup(state, sampled_tree(q, self.shape), top1), q
+
+    def _with_lookup(self, state, tree: TokenTree, fallback) -> TokenTree:
+        """The tree plus the lookup branch (``lookup`` > 0), from the committed text ``state.tokens``."""
+        if not self.lookup:
+            return tree
+        end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
+        continuation, found = ngram_continuation(state.tokens, state.pad, end, length=self.lookup,
+                                                 max_ngram=self.lookup_ngram)  # (B, L), (B,)
+        tokens = torch.where(found[:, None], continuation, fallback()[:, : self.lookup])  # (B, L)
+        return with_chain(tree, tokens)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
         """Whether K slots of C columns each hold the greedy tree (a small subset head may not)."""
         k, columns = slots_columns
         if self.shape is not None:
             return self.shape.max_rank < columns
-        return sum(min(self.budget, columns**d) for d in range(1, k + 1)) >= self.budget
+        return sum(min(self.draft_budget, columns**d) for d in range(1, k + 1)) >= self.draft_budget
 
     def _greedy_tree(self, scores: torch.Tensor, target_ids) -> TokenTree:
         """The static or dynamic tree over ``scores`` (B, K, C), its tokens mapped by ``target_ids``."""
         if self.shape is not None:
             tree = static_tree(scores, self.shape)
         else:
-            top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
-            tree = dynamic_tree(scores, budget=self.budget, top_n=top_n)
+            top_n = expansion_width(self.draft_budget, scores.shape[1], scores.shape[2], self.top_n)
+            tree = dynamic_tree(scores, budget=self.draft_budget, top_n=top_n)
         return replace(tree, tokens=target_ids(tree.tokens))
 
     def verify_input(self, state, proposal) -> VerifyInput:

@@ -16,6 +16,9 @@ pard                   PARD, eager forwards
 pard-compiled          PARD, ``enable_pard(..., compile=True)`` on a copy of the target
 pard-tree              PARD verifying a token tree of ``--tree-nodes`` candidates per round (``pard_tree=N``)
 pard-tree-compiled     the same on the compiled copy
+pard-lookup            the same tree plus a lookup branch of ``--lookup-nodes`` L nodes: the text's own n-gram
+                       continuation (``pard_tree=N+L, pard_lookup=L``)
+pard-lookup-compiled   the same on the compiled copy
 pard2                  a PARD-2 draft fed the target's hidden states
 pard2-independent      the same PARD-2 draft alone
 =====================  =====================================================================
@@ -41,13 +44,13 @@ import torch
 from ..modeling import enable_pard
 from ..training.data import user_turn
 
-METHODS = ("plain", "ar-plus", "ar-plus-compiled", "assisted", "lookup", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
-           "pard2-independent")
+METHODS = ("plain", "ar-plus", "ar-plus-compiled", "assisted", "lookup", "pard", "pard-compiled", "pard-tree",
+           "pard-tree-compiled", "pard-lookup", "pard-lookup-compiled", "pard2", "pard2-independent")
 #: Methods run by the PARD engine: counts and phase times come from ``pard_stats``.
-ENGINE_METHODS = frozenset({"ar-plus", "ar-plus-compiled", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled", "pard2",
-                            "pard2-independent"})
+ENGINE_METHODS = frozenset({"ar-plus", "ar-plus-compiled", "pard", "pard-compiled", "pard-tree", "pard-tree-compiled",
+                            "pard-lookup", "pard-lookup-compiled", "pard2", "pard2-independent"})
 #: Methods that run on the compiled copy of the target.
-COMPILED_METHODS = frozenset({"ar-plus-compiled", "pard-compiled", "pard-tree-compiled"})
+COMPILED_METHODS = frozenset({"ar-plus-compiled", "pard-compiled", "pard-tree-compiled", "pard-lookup-compiled"})
 #: The decode phases of a round (a call's prefill is kept apart).
 PHASES = ("draft", "verify", "other")
 
@@ -157,10 +160,11 @@ class Runner:
 
     def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
                  max_new_tokens: int = 128, min_tau: float | None = None, phase_timing: bool = True,
-                 tree_nodes: int = 8):
+                 tree_nodes: int = 8, lookup_nodes: int = 8):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
         self.pard2_draft, self.k, self.max_new_tokens = pard2_draft, k, max_new_tokens
         self.min_tau, self.phase_timing, self.tree_nodes = min_tau, phase_timing, tree_nodes
+        self.lookup_nodes = lookup_nodes
         self.compiled = None
 
     def compiled_target(self):
@@ -173,6 +177,8 @@ class Runner:
         """(the model to call, the ``generate`` keywords) of ``method``."""
         common = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
         pard = {**common, "num_assistant_tokens": self.k, "pard_min_tau": self.min_tau}
+        tree = {**pard, "pard_draft": self.draft, "pard_tree": self.tree_nodes}
+        lookup = {**tree, "pard_tree": self.tree_nodes + self.lookup_nodes, "pard_lookup": self.lookup_nodes}
         calls = {
             "plain": lambda: (self.target, common),
             "ar-plus": lambda: (self.target, {**common, "ar_plus": True}),
@@ -182,9 +188,10 @@ class Runner:
             "lookup": lambda: (self.target, {**common, "prompt_lookup_num_tokens": 10}),
             "pard": lambda: (self.target, {**pard, "pard_draft": self.draft}),
             "pard-compiled": lambda: (self.compiled_target(), {**pard, "pard_draft": self.draft}),
-            "pard-tree": lambda: (self.target, {**pard, "pard_draft": self.draft, "pard_tree": self.tree_nodes}),
-            "pard-tree-compiled": lambda: (self.compiled_target(), {**pard, "pard_draft": self.draft,
-                                                                    "pard_tree": self.tree_nodes}),
+            "pard-tree": lambda: (self.target, tree),
+            "pard-tree-compiled": lambda: (self.compiled_target(), tree),
+            "pard-lookup": lambda: (self.target, lookup),
+            "pard-lookup-compiled": lambda: (self.compiled_target(), lookup),
             "pard2": lambda: (self.target, {**pard, "pard_draft": self.pard2_draft, "pard_mode": "dependent"}),
             "pard2-independent": lambda: (self.target, {**pard, "pard_draft": self.pard2_draft,
                                                         "pard_mode": "independent"}),

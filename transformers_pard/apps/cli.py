@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from .benchmark import METHODS, Runner, parse_methods, run_benchmark
-from .demo import demo
+from .demo import demo, lookup_nodes
 from .models import (
     ATTENTION,
     DEFAULT_DRAFT,
@@ -30,7 +30,7 @@ from .train_cli import add_train_parser, run_train
 PROG = "python -m transformers_pard"
 #: The draft flag each method needs (methods absent here need no draft).
 DRAFT_FLAGS = {"assisted": "--ar-draft", "pard": "--draft", "pard-compiled": "--draft", "pard-tree": "--draft",
-               "pard-tree-compiled": "--draft",
+               "pard-tree-compiled": "--draft", "pard-lookup": "--draft", "pard-lookup-compiled": "--draft",
                "pard2": "--pard2-draft", "pard2-independent": "--pard2-draft"}
 
 
@@ -70,7 +70,8 @@ def run_settings(args: argparse.Namespace, methods: list[str]) -> dict:
     return {"target": args.target, "draft": args.draft, "ar_draft": args.ar_draft, "pard2_draft": args.pard2_draft,
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
-            "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "prompts": args.prompts, "limit": args.limit}
+            "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "lookup_nodes": lookup_nodes(args),
+            "prompts": args.prompts, "limit": args.limit}
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -84,7 +85,8 @@ def bench(args: argparse.Namespace) -> None:
     target, tokenizer = load_target(args.target, settings)
     drafts = load_drafts(args, methods, target, settings)
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
-                    min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes)
+                    min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes,
+                    lookup_nodes=lookup_nodes(args))
     results = run_benchmark(runner, prompts, methods,
                             progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
@@ -141,6 +143,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree-nodes", type=int, default=8,
                    help="token-tree nodes verified per round (8: the chain's verify width at K=8): the bench's "
                         "pard-tree methods, and the demo's PARD (0 there: the chain)")
+    p.add_argument("--lookup-nodes", type=int, default=None,
+                   help="nodes of a lookup branch added to the tree (the text's own n-gram continuation; at most K, "
+                        "default K): the bench's pard-lookup methods, and the demo's PARD (0 there: none)")
 
 
 def add_demo_parser(sub) -> None:

@@ -25,14 +25,33 @@ DEMO_PROMPTS = [
 
 
 def pard_kwargs(draft, args: argparse.Namespace) -> dict:
-    """The PARD ``generate`` keywords: K, and a token tree of ``--tree-nodes`` nodes unless 0 (the chain).
-    The tree is on by default: on the bench it beat the chain at the same verify width (docs/results.md)."""
-    tree = {"pard_tree": args.tree_nodes} if args.tree_nodes > 0 else {}
-    return {"pard_draft": draft, "num_assistant_tokens": args.k, **tree}
+    """The PARD ``generate`` keywords: K, a token tree of ``--tree-nodes`` draft nodes unless 0 (the chain),
+    plus a lookup branch of ``--lookup-nodes`` nodes unless 0 (docs/results.md: each beat the chain)."""
+    chain = {"pard_draft": draft, "num_assistant_tokens": args.k}
+    if args.tree_nodes <= 0:
+        return chain
+    lookup = lookup_nodes(args)
+    return {**chain, "pard_tree": args.tree_nodes + lookup, "pard_lookup": lookup}
+
+
+def lookup_nodes(args: argparse.Namespace) -> int:
+    """``--lookup-nodes``, by default K with a tree (a branch as deep as the draft's), none with the chain."""
+    if args.lookup_nodes is None:
+        return args.k if args.tree_nodes > 0 else 0
+    return args.lookup_nodes
+
+
+def check_tree_arguments(args: argparse.Namespace) -> None:
+    if args.lookup_nodes is not None and (args.lookup_nodes < 0 or (args.lookup_nodes > 0 and args.tree_nodes <= 0)):
+        raise SystemExit(f"--lookup-nodes {args.lookup_nodes}: the lookup branch is one more branch of a token tree; "
+                         "use it with --tree-nodes N > 0, or --lookup-nodes 0 (none).")
 
 
 def pard_name(args: argparse.Namespace) -> str:
-    return f"PARD (K={args.k}" + (f", tree of {args.tree_nodes} nodes)" if args.tree_nodes > 0 else ")")
+    if args.tree_nodes <= 0:
+        return f"PARD (K={args.k})"
+    lookup = f" + a lookup branch of {lookup_nodes(args)}" if lookup_nodes(args) > 0 else ""
+    return f"PARD (K={args.k}, tree of {args.tree_nodes} nodes{lookup})"
 
 
 def warm_up(target, draft, tokenizer, device, args: argparse.Namespace) -> float:
@@ -59,6 +78,7 @@ def compare(target, draft, ids: torch.Tensor, args: argparse.Namespace):
 
 
 def demo(args: argparse.Namespace) -> None:
+    check_tree_arguments(args)
     settings = load_settings(args)
     print(f"Loading the target {args.target} ({args.dtype}, {args.attn}) and the PARD draft {args.draft} ...")
     target, tokenizer = load_target(args.target, settings)
