@@ -40,7 +40,8 @@ from transformers_pard.pard2 import draft_inputs_embeds, target_features
 from transformers_pard.training.collator import build_example, collate_examples
 from transformers_pard.training.data import load_prompts
 from transformers_pard.training.evaluate import prompt_ids
-from transformers_pard.tree import TokenTree, dynamic_tree_from_topk, greedy_accept, static_shape
+from transformers_pard.tree import (TokenTree, dynamic_tree_from_topk, greedy_accept, ngram_continuation, static_shape,
+                                    with_chain)
 
 from transformers_pard.apps.embedded import load_smollm2
 from transformers_pard.apps.recipes.prompts import build_prompt_records
@@ -163,6 +164,28 @@ def conditioned_accepted(log_q, ids, by_depth, *, candidates: int, sub_budget: i
 
 
 CONDITIONED = ((1, 7), (1, 15), (2, 7), (3, 7), (3, 11), (4, 15))  # (slot-1 candidates, nodes under each)
+LOOKUP = ((0, 8), (4, 4), (4, 8), (8, 4), (8, 8), (16, 8))  # (draft tree nodes, lookup branch nodes); 0: lookup alone
+
+
+def lookup_tokens(sequence: list[int], start: int, rounds: int, length: int) -> torch.Tensor:
+    """Round p's lookup branch (``tree.ngram_continuation``, the engine's own) for every round start
+    p = start-1 .. start-2+rounds at once: row i sees only ``x_0..x_p``, p = start-1+i (P, L)."""
+    text = torch.tensor(sequence).expand(rounds, -1)  # (P, L_seq): past `end` never read
+    end = start + torch.arange(rounds)  # (P,) one past round i's last real token
+    continuation, found = ngram_continuation(text, torch.zeros_like(end), end, length=length)  # (P, L), (P,)
+    return torch.where(found[:, None], continuation, -1)  # (P, L): -1 never equals the target's token
+
+
+def lookup_accepted(log_q, ids, by_depth, lookup: torch.Tensor, draft_nodes: int) -> torch.Tensor:
+    """Tokens accepted per round (P,) by a dynamic tree of ``draft_nodes`` plus the lookup branch ``lookup``
+    (P, L) (``tree.with_chain``, as ``generate(pard_tree=N+L, pard_lookup=L)`` builds it); 0 draft nodes:
+    the lookup chain alone. Rounds with no recurring n-gram get no lookup candidate (the engine would
+    fall back to the draft's chain, which the tree mostly holds already)."""
+    if draft_nodes == 0:
+        return (lookup == by_depth[:, : lookup.shape[1]]).long().cumprod(1).sum(1)
+    tree = with_chain(dynamic_tree_from_topk(log_q, ids, budget=draft_nodes), lookup)
+    depth = torch.cat([torch.zeros_like(tree.depth[:, :1]), tree.depth], dim=1)  # (P, 1+N)
+    return greedy_accept(tree, by_depth.gather(1, depth)).num_accepted
 
 
 def static_accepted(ids, by_depth, shape) -> torch.Tensor:
@@ -244,7 +267,7 @@ def main() -> None:
                  if args.prompts else answer())  # a --prompts file shares benchmarks/tf_tau.py's answers
     answered = time.perf_counter()
     hits, positions = torch.zeros(args.k, args.topk, dtype=torch.long), torch.zeros(args.k, dtype=torch.long)
-    rounds, conditioned = [], {}
+    rounds, replayed = [], {}  # per-sequence replays: name -> accepted per round
     for sequence, start in sequences:
         choice, logits, copy, position = slot_logits(target, drafter, sequence, start, k=args.k)
         row_hits, row_positions = slot_hits(choice, logits, copy, position, k=args.k, topk=args.topk)
@@ -252,15 +275,21 @@ def main() -> None:
         rounds.append(round_slots(choice, logits, copy, position, start, k=args.k, top_n=args.topk))
         log_q, ids, by_depth = rounds[-1]
         for c, sub in CONDITIONED if args.k == 8 else ():
-            conditioned.setdefault(f"conditioned-{c}x{1 + sub}", []).append(
+            replayed.setdefault(f"conditioned-{c}x{1 + sub}", []).append(
                 conditioned_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, candidates=c, sub_budget=sub))
+        for nodes, length in LOOKUP:
+            if length <= args.k:
+                name = f"dynamic-{nodes}+lookup-{length}" if nodes else f"lookup-{length}"
+                lookup = lookup_tokens(sequence, start, by_depth.shape[0], length)
+                replayed.setdefault(name, []).append(
+                    lookup_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, lookup, nodes))
     table = hits.double() / positions.clamp(min=1)[:, None].double()  # (K, R)
     log_q, ids, by_depth = (torch.cat(parts) for parts in zip(*rounds))
     accepted = {"chain": tree_accepted(log_q[..., :1], ids[..., :1], by_depth, args.k)}
     for budget in TREE_BUDGETS:
         accepted[f"dynamic-{budget}"] = tree_accepted(log_q[..., :TREE_TOP_N], ids[..., :TREE_TOP_N], by_depth, budget)
         accepted[f"static-{budget}"] = static_accepted(ids, by_depth, static_shape(table, budget))
-    accepted.update({name: torch.cat(parts) for name, parts in conditioned.items()})
+    accepted.update({name: torch.cat(parts) for name, parts in replayed.items()})
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "draft": args.draft, "pard_mode": args.pard_mode, "prompts": source, "num_prompts_used": len(prompts),
@@ -272,7 +301,9 @@ def main() -> None:
         # teacher-forced tau (a round at every answer position) of the chain, of greedy dynamic trees
         # (top-TREE_TOP_N children), of the static shapes chosen from this table, and of the conditioned
         # ideal "conditioned-CxM" (C slot-1 candidates, each with its own second draft forward and a
-        # dynamic subtree: M nodes per candidate, C*M in all), on the same rounds
+        # dynamic subtree: M nodes per candidate, C*M in all), and of a dynamic tree of N nodes plus a
+        # lookup branch of L ("dynamic-N+lookup-L"; "lookup-L": the text's n-gram continuation alone),
+        # on the same rounds
         "rounds": int(by_depth.shape[0]),
         "tree_tau": {name: round(1 + a.double().mean().item(), 4) for name, a in accepted.items()},
         "seconds": {"answers": round(answered - started, 1), "total": round(time.perf_counter() - started, 1)},
