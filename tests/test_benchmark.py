@@ -179,8 +179,7 @@ def test_runner_builds_each_methods_call(runner, target):
         "pard": {**pard, "pard_draft": runner.draft},
         "ar-plus": {"ar_plus": True},
         "pard-tree": {**pard, "pard_draft": runner.draft, "pard_tree": runner.tree_nodes},
-        "pard-lookup": {**pard, "pard_draft": runner.draft, "pard_tree": runner.tree_nodes + runner.lookup_nodes,
-                        "pard_lookup": runner.lookup_nodes},
+        "pard-lookup": {**pard, "pard_draft": runner.draft, "pard_tree": runner.tree_nodes, "pard_lookup": runner.lookup_nodes},
         "pard2": {**pard, "pard_draft": runner.pard2_draft, "pard_mode": "dependent"},
         "pard2-independent": {**pard, "pard_draft": runner.pard2_draft, "pard_mode": "independent"},
     }

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from .benchmark import METHODS, Runner, parse_methods, run_benchmark
-from .demo import demo, lookup_nodes
+from .demo import check_tree_arguments, demo, lookup_nodes
 from .models import (
     ATTENTION,
     DEFAULT_DRAFT,
@@ -80,6 +80,8 @@ def bench(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise SystemExit(f"--methods: {err}") from None
     check_drafts(args, methods)
+    if {"pard-lookup", "pard-lookup-compiled"} & set(methods):
+        check_tree_arguments(args)
     prompts = read_prompts(args.prompts, args.limit)
     settings = load_settings(args)
     target, tokenizer = load_target(args.target, settings)
@@ -144,8 +146,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="token-tree nodes verified per round (8: the chain's verify width at K=8): the bench's "
                         "pard-tree methods, and the demo's PARD (0 there: the chain)")
     p.add_argument("--lookup-nodes", type=int, default=None,
-                   help="nodes of a lookup branch added to the tree (the text's own n-gram continuation; at most K, "
-                        "default K): the bench's pard-lookup methods, and the demo's PARD (0 there: none)")
+                   help="of the tree's nodes, those of its lookup branch (the text's own n-gram continuation; at most "
+                        "K, below --tree-nodes; default 4): the bench's pard-lookup methods, and the demo's PARD (0: none)")
 
 
 def add_demo_parser(sub) -> None:
