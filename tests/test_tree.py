@@ -575,6 +575,9 @@ def test_a_lookup_branch_accepts_more_on_repeating_text(targets):
     assert torch.equal(runs[0].sequences, runs[8].sequences)
     assert runs[8].pard_stats.tau > runs[0].pard_stats.tau
     assert runs[8].pard_stats.lookup_nodes == 8 and runs[0].pard_stats.lookup_nodes == 0
+    # the lookup branch's share is counted: some of the committed tokens, never more than were accepted
+    stats = runs[8].pard_stats
+    assert 0 < stats.lookup_tokens <= stats.committed_tokens - stats.row_rounds and runs[0].pard_stats.lookup_tokens == 0
 
 
 def test_a_tree_accepts_more_than_the_chain_with_the_same_draft(targets):

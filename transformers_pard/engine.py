@@ -54,6 +54,8 @@ class PardStats:
     tree_nodes: int | None = None
     #: Of those N, the nodes of the lookup branch (``pard_lookup``; 0: none).
     lookup_nodes: int = 0
+    #: Committed tokens that were lookup-branch candidates (the rest of the accepted ones were the draft's).
+    lookup_tokens: int = 0
     #: Seconds per phase ("prefill", "draft", "verify", "other") when asked (``pard_timing=True``), else None.
     phase_seconds: dict[str, float] | None = None
 
@@ -435,15 +437,18 @@ def accept_and_commit(loop: Loop, k: int, draft_tokens, q, target_logits, featur
         length, finished = apply_criteria(inputs.stopping_criteria, chunk, length, finished, state, scores)
     active = ~state.finished
     committed, rows = (length * active).sum(), active.sum()
+    from_lookup = (committed.new_zeros(()) if verdict.lookup_accepted is None  # accepted lookup candidates kept
+                   else (torch.minimum(verdict.lookup_accepted, length - 1).clamp(min=0) * active).sum())
     loop.histogram += (torch.nn.functional.one_hot(length, inputs.k + 2) * active[:, None]).sum(0)
     commit(loop.models, state, chunk, length, finished, scores, target_logits)
     if inputs.drafter is not None:
         inputs.drafter.inputs.observe(features)
     loop.stats.k_per_round.append(k)
     # The round's single host sync: loop control, the next draft width, the schedule, the streamer.
-    all_done, max_unseen, committed, rows, first_len = torch.stack(
-        [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0]]
+    all_done, max_unseen, committed, rows, first_len, from_lookup = torch.stack(
+        [state.finished.all().long(), state.num_unseen.max(), committed, rows, length[0], from_lookup]
     ).tolist()
+    loop.stats.lookup_tokens += from_lookup
     stream(inputs.streamer, chunk, first_len)
     if k > 0:
         loop.stats.drafting_committed += committed

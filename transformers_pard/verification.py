@@ -43,6 +43,7 @@ class Verdict:
     length: torch.Tensor
     scores: torch.Tensor
     path_slots: torch.Tensor | None = None
+    lookup_accepted: torch.Tensor | None = None  # (B,) accepted tokens that came from a tree's lookup branch
 
     def __iter__(self):  # chunk, length, scores = verdict
         return iter((self.chunk, self.length, self.scores))
@@ -233,4 +234,6 @@ class TreeVerifier:
         else:
             verdict = greedy_accept(proposal, scores.argmax(-1))
         along = verdict.path_slots[..., None].expand(-1, -1, scores.shape[-1])  # (B, K+1, V)
-        return Verdict(verdict.chunk, verdict.length, scores.gather(1, along), verdict.path_slots)
+        via_lookup = verdict.path[:, 0] >= self.draft_budget  # (B,) the path starts in the lookup branch
+        return Verdict(verdict.chunk, verdict.length, scores.gather(1, along), verdict.path_slots,
+                       torch.where(via_lookup, verdict.num_accepted, 0))

@@ -225,6 +225,7 @@ class MethodResult:
     drafting_committed: int = 0
     drafting_rounds: int = 0
     histogram: list[int] = field(default_factory=list)  # accepted_histogram summed over the calls
+    lookup_tokens: int = 0  # committed tokens that came from a lookup branch (pard-lookup methods)
 
     def add(self, call: CallRecord, prompt_len: int, reference: torch.Tensor) -> None:
         self.tokens.append(call.sequences.shape[1] - prompt_len)
@@ -240,6 +241,7 @@ class MethodResult:
             self.row_rounds += stats.row_rounds
             self.drafting_committed += stats.drafting_committed
             self.drafting_rounds += stats.drafting_row_rounds
+            self.lookup_tokens += stats.lookup_tokens
             previous = self.histogram or [0] * len(stats.accepted_histogram)
             self.histogram = [a + b for a, b in zip(previous, stats.accepted_histogram)]
 

@@ -31,6 +31,8 @@ DEFINITIONS = {
     "tokens_per_s": "all new tokens / all seconds of the method's timed calls (median_tokens_per_s: per prompt)",
     "speedup_vs_plain": "tokens_per_s / plain's tokens_per_s (speedup_vs_ar_plus: / ar-plus's)",
     "tau": "committed tokens / verify rounds (engine methods)",
+    "lookup_tokens_per_round": "accepted lookup-branch candidates / verify rounds (pard-lookup methods): the part "
+                               "of tau the lookup branch gave",
     "ms_per_target_forward": "a decode round's target forward: the engine's verify phase, or forward hooks (plain, "
                              "assisted, lookup); prefill excluded",
     "ms_per_round": "draft + verify + other per decode round; prefill excluded",
@@ -72,6 +74,7 @@ def engine_counts(result: MethodResult) -> dict:
         "tau": result.committed / result.row_rounds if engine and result.row_rounds else None,
         "drafting_tau": result.drafting_committed / result.drafting_rounds if result.drafting_rounds else None,
         "acceptance_histogram": result.histogram or None,
+        "lookup_tokens_per_round": result.lookup_tokens / result.row_rounds if engine and result.row_rounds else None,
     }
 
 
