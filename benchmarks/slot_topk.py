@@ -172,8 +172,8 @@ def lookup_tokens(sequence: list[int], start: int, rounds: int, length: int) -> 
     p = start-1 .. start-2+rounds at once: row i sees only ``x_0..x_p``, p = start-1+i (P, L)."""
     text = torch.tensor(sequence).expand(rounds, -1)  # (P, L_seq): past `end` never read
     end = start + torch.arange(rounds)  # (P,) one past round i's last real token
-    continuation, found = ngram_continuation(text, torch.zeros_like(end), end, length=length)  # (P, L), (P,)
-    return torch.where(found[:, None], continuation, -1)  # (P, L): -1 never equals the target's token
+    continuation, matched = ngram_continuation(text, torch.zeros_like(end), end, length=length)  # (P, L), (P,)
+    return torch.where(matched[:, None] > 0, continuation, -1)  # (P, L): -1 never equals the target's token
 
 
 def lookup_accepted(log_q, ids, by_depth, lookup: torch.Tensor, draft_nodes: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ def test_a_subset_heads_tree_is_built_on_its_columns_and_equals_the_full_vocabul
     draft = DraftLogits(torch.randn(2, 3, 12), ids, 50)
     verifier = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
     on_columns, _ = verifier.propose(None, draft)
-    on_full = verifier._greedy_tree(draft.full(), lambda columns: columns)
+    on_full = verifier._greedy_tree(draft.full(), lambda columns: columns, 5)
     assert torch.equal(on_columns.tokens, on_full.tokens) and torch.equal(on_columns.parents, on_full.parents)
     assert torch.isin(on_columns.tokens, ids).all()
 
@@ -363,16 +363,16 @@ def test_greedy_accept_literal():
 # ----------------------------------------------------------------------------------------------
 
 
-def lookup_reference(text: list[int], length: int, max_ngram: int) -> list[int] | None:
-    """The latest earlier occurrence of the longest suffix n-gram; its continuation, looping past the end."""
+def lookup_reference(text: list[int], length: int, max_ngram: int) -> tuple[list[int] | None, int]:
+    """The latest earlier occurrence of the longest suffix n-gram: its continuation, looping past the end, and n."""
     for n in range(max_ngram, 0, -1):
         if len(text) <= n:
             continue
         for j in range(len(text) - n - 1, -1, -1):
             if text[j:j + n] == text[-n:]:
                 period = len(text) - (j + n)
-                return [text[j + n + i % period] for i in range(length)]
-    return None
+                return [text[j + n + i % period] for i in range(length)], n
+    return None, 0
 
 
 @settings(max_examples=80)
@@ -384,10 +384,10 @@ def test_ngram_continuation_equals_the_slow_reference(seed, batch, vocab, length
     tokens = torch.randint(vocab, (batch, width), generator=generator)  # (B, S), past `end`: stale tokens
     begin = torch.tensor([data.draw(st.integers(0, 5)) for _ in range(batch)])
     end = torch.tensor([data.draw(st.integers(int(b) + 1, width)) for b in begin])
-    continuation, found = ngram_continuation(tokens, begin, end, length=length, max_ngram=max_ngram)
+    continuation, matched = ngram_continuation(tokens, begin, end, length=length, max_ngram=max_ngram)
     for b in range(batch):
-        expected = lookup_reference(tokens[b, begin[b]:end[b]].tolist(), length, max_ngram)
-        assert bool(found[b]) == (expected is not None)
+        expected, n = lookup_reference(tokens[b, begin[b]:end[b]].tolist(), length, max_ngram)
+        assert int(matched[b]) == n
         if expected is not None:
             assert continuation[b].tolist() == expected
 
@@ -395,12 +395,12 @@ def test_ngram_continuation_equals_the_slow_reference(seed, batch, vocab, length
 def test_ngram_continuation_literal():
     # text 5 6 7 8 5 6: the suffix "5 6" occurred at 0, followed by 7 8 5 6 (then it loops: 7 8 ...)
     tokens = torch.tensor([[0, 0, 5, 6, 7, 8, 5, 6, 9, 9]])  # two pads in front, stale tokens after
-    continuation, found = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([8]), length=6, max_ngram=3)
-    assert found.tolist() == [True] and continuation.tolist() == [[7, 8, 5, 6, 7, 8]]
+    continuation, matched = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([8]), length=6, max_ngram=3)
+    assert matched.tolist() == [2] and continuation.tolist() == [[7, 8, 5, 6, 7, 8]]
     # the pads never match: "0" occurs only in the padding
     tokens = torch.tensor([[0, 0, 5, 6, 0]])
-    _, found = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([5]), length=2)
-    assert found.tolist() == [False]
+    _, matched = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([5]), length=2)
+    assert matched.tolist() == [0]
 
 
 def test_with_chain_appends_a_root_branch_and_its_static_attention():

@@ -267,8 +267,9 @@ def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Ten
     ``tokens`` (B, S): row b's text is ``tokens[b, begin[b]:end[b]]`` (prompt + committed output, its
     newest token at ``end - 1``). When the continuation runs into the suffix itself (a loop of period
     ``end - s`` shorter than ``length``, s = where the continuation starts), it repeats that period: the
-    text is predicted to keep looping. Rows with no match get ``found`` False and unspecified tokens.
-    Returns ``(continuation (B, length) long, found (B,) bool)``; all on the tokens' device, no host sync.
+    text is predicted to keep looping. Rows with no match get ``matched`` 0 and unspecified tokens.
+    Returns ``(continuation (B, length) long, matched (B,) long: the n that matched, 0 = none)``; all on the
+    tokens' device, no host sync.
     """
     batch, width = tokens.shape  # (B, S)
     best = torch.full_like(begin, -1)  # (B,) start of the chosen earlier occurrence
@@ -282,11 +283,10 @@ def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Ten
         latest = torch.where(match, start, -1).amax(1)  # (B,)
         take = (best < 0) & (latest >= 0)  # (B,) the longest n wins
         best, best_n = torch.where(take, latest, best), torch.where(take, n, best_n)
-    found = best >= 0  # (B,)
     follow = best + best_n  # (B,) where the continuation starts
     period = (end - follow).clamp(min=1)  # (B,)
     index = follow[:, None] + torch.arange(length, device=tokens.device) % period[:, None]  # (B, L)
-    return tokens.gather(1, index.clamp(0, width - 1)), found
+    return tokens.gather(1, index.clamp(0, width - 1)), best_n
 
 
 def with_chain(tree: TokenTree, tokens: torch.Tensor) -> TokenTree:

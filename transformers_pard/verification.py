@@ -157,65 +157,90 @@ class TreeVerifier:
     rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
     Logits processors must not depend on the prefix (each node has its own).
 
-    ``lookup`` = L > 0 spends L of the N nodes on a lookup branch (``tree.with_chain``): the row's own
+    ``lookup`` = L > 0 gives part of the N nodes to a lookup branch (``tree.with_chain``): the row's own
     text continued after the latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt
-    lookup), or, where nothing recurs, the draft's top-1 chain; the draft's tree gets the other N - L."""
+    lookup). How many, per row and round, from what the lookup found: nothing recurs -> none (the draft's
+    tree keeps all N); its longest n-gram (``lookup_ngram`` tokens) recurs -> ``min(K, N - 1)`` (the text
+    very likely repeats: the draft keeps one node); a shorter one -> L. Every row still verifies N nodes."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
-                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3):
+                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3, lookup_adaptive: bool = True):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
         self.lookup, self.lookup_ngram = lookup, lookup_ngram
-        self.draft_budget = budget - lookup  # nodes of the draft's own tree
+        self.lookup_long = max(min(k, budget - 1), lookup) if lookup_adaptive else lookup  # after a full-length match
+        self.lookup_adaptive = lookup_adaptive
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
-        holds = self.draft_budget <= sum(accuracy.shape[1] ** d for d in range(1, k + 1))  # else only dynamic can
-        static = topk_accuracy is not None and holds and self.draft_budget >= static_min_nodes
-        self.shape = static_shape(accuracy[:k], self.draft_budget) if sampling or static else None
-        self.node_attention = (None if self.shape is None
-                               else shape_attention(self.shape, chain=lookup))  # (N, N), every round
+        draft_nodes = {budget} | ({budget - lookup, budget - self.lookup_long} if lookup else set())
+        self.shapes = {n: self._shape(accuracy[:k], n, topk_accuracy is not None, static_min_nodes) for n in draft_nodes}
+        one_shape = not lookup or not lookup_adaptive  # else the tree's layout differs from row to row
+        shape = self.shapes[budget - lookup]
+        self.node_attention = (shape_attention(shape, chain=lookup) if one_shape and shape is not None
+                               else None)  # (N, N), every round
+
+    @property
+    def shape(self):
+        """The static shape of the draft's tree beside an L-node lookup branch (N - L nodes), or None."""
+        return self.shapes[self.budget - self.lookup]
+
+    def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
+        """The static shape of a draft tree of ``nodes`` (always, when sampling), else None (dynamic)."""
+        holds = nodes <= sum(accuracy.shape[1] ** d for d in range(1, accuracy.shape[0] + 1))
+        static = measured and holds and nodes >= static_min_nodes
+        return static_shape(accuracy, nodes) if self.sampling or static else None
 
     def verify_width(self, k: int) -> int:
         return 1 + self.budget
 
     def propose(self, state, draft: DraftLogits):
         if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
-            tree = self._greedy_tree(draft.values, draft.target_ids)  # on the head's own columns
-            return self._with_lookup(state, tree, lambda: draft.target_ids(draft.values.argmax(-1))), None
+            build = lambda nodes: self._greedy_tree(draft.values, draft.target_ids, nodes)  # noqa: E731 head columns
+            return self._tree(state, build, lambda: draft.target_ids(draft.values.argmax(-1))), None
         draft_logits = draft.full()  # (B, K, V)
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
-        top1 = lambda: scores.argmax(-1)  # noqa: E731  (B, K) the draft's chain, the lookup branch's fallback
+        top1 = lambda: scores.argmax(-1)  # noqa: E731  (B, K) the draft's chain
         if not self.sampling:
-            return self._with_lookup(state, self._greedy_tree(scores, lambda columns: columns), top1), None
+            return self._tree(state, lambda nodes: self._greedy_tree(scores, lambda c: c, nodes), top1), None
         q = torch.softmax(scores, -1)  # (B, K, V)
-        return self._with_lookup(state, sampled_tree(q, self.shape), top1), q
+        return self._tree(state, lambda nodes: sampled_tree(q, self.shapes[nodes]), top1), q
 
-    def _with_lookup(self, state, tree: TokenTree, fallback) -> TokenTree:
-        """The tree plus the lookup branch (``lookup`` > 0), from the committed text ``state.tokens``."""
+    def _tree(self, state, build, top1) -> TokenTree:
+        """The round's tree: ``build(n)`` gives the draft's tree of n nodes; plus the lookup branch, read off
+        the committed text ``state.tokens``, in the share its match earns (class docstring)."""
         if not self.lookup:
-            return tree
+            return build(self.budget)
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
-        continuation, found = ngram_continuation(state.tokens, state.pad, end, length=self.lookup,
-                                                 max_ngram=self.lookup_ngram)  # (B, L), (B,)
-        tokens = torch.where(found[:, None], continuation, fallback()[:, : self.lookup])  # (B, L)
-        return with_chain(tree, tokens)
+        continuation, matched = ngram_continuation(state.tokens, state.pad, end, length=self.lookup_long,
+                                                   max_ngram=self.lookup_ngram)  # (B, L'), (B,)
+        if not self.lookup_adaptive:  # a fixed share; with no match, the draft's top-1 chain fills it
+            tokens = torch.where(matched[:, None] > 0, continuation, top1()[:, : self.lookup])  # (B, L)
+            return with_chain(build(self.budget - self.lookup), tokens)
+        short = with_chain(build(self.budget - self.lookup), continuation[:, : self.lookup])
+        long = with_chain(build(self.budget - self.lookup_long), continuation)
+        tree = _select_rows(matched >= self.lookup_ngram, long, short)
+        return _select_rows(matched == 0, build(self.budget), tree)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
-        """Whether K slots of C columns each hold the greedy tree (a small subset head may not)."""
+        """Whether K slots of C columns each hold every draft tree used (a small subset head may not)."""
         k, columns = slots_columns
-        if self.shape is not None:
-            return self.shape.max_rank < columns
-        return sum(min(self.draft_budget, columns**d) for d in range(1, k + 1)) >= self.draft_budget
+        for nodes, shape in self.shapes.items():
+            if shape is not None and shape.max_rank >= columns:
+                return False
+            if shape is None and sum(min(nodes, columns**d) for d in range(1, k + 1)) < nodes:
+                return False
+        return True
 
-    def _greedy_tree(self, scores: torch.Tensor, target_ids) -> TokenTree:
-        """The static or dynamic tree over ``scores`` (B, K, C), its tokens mapped by ``target_ids``."""
-        if self.shape is not None:
-            tree = static_tree(scores, self.shape)
+    def _greedy_tree(self, scores: torch.Tensor, target_ids, nodes: int) -> TokenTree:
+        """The static or dynamic tree of ``nodes`` over ``scores`` (B, K, C), its tokens mapped by ``target_ids``."""
+        shape = self.shapes[nodes]
+        if shape is not None:
+            tree = static_tree(scores, shape)
         else:
-            top_n = expansion_width(self.draft_budget, scores.shape[1], scores.shape[2], self.top_n)
-            tree = dynamic_tree(scores, budget=self.draft_budget, top_n=top_n)
+            top_n = expansion_width(nodes, scores.shape[1], scores.shape[2], self.top_n)
+            tree = dynamic_tree(scores, budget=nodes, top_n=top_n)
         return replace(tree, tokens=target_ids(tree.tokens))
 
     def verify_input(self, state, proposal) -> VerifyInput:
@@ -234,6 +259,14 @@ class TreeVerifier:
         else:
             verdict = greedy_accept(proposal, scores.argmax(-1))
         along = verdict.path_slots[..., None].expand(-1, -1, scores.shape[-1])  # (B, K+1, V)
-        via_lookup = verdict.path[:, 0] >= self.draft_budget  # (B,) the path starts in the lookup branch
+        first = verdict.path[:, :1]  # (B, 1) the path's first node, -1 if none
+        via_lookup = (first[:, 0] >= 0) & (proposal.rank.gather(1, first.clamp(min=0))[:, 0] < 0)  # (B,) lookup branch
         return Verdict(verdict.chunk, verdict.length, scores.gather(1, along), verdict.path_slots,
                        torch.where(via_lookup, verdict.num_accepted, 0))
+
+
+def _select_rows(rows: torch.Tensor, chosen: TokenTree, other: TokenTree) -> TokenTree:
+    """Per row: ``chosen`` where ``rows`` (B,) is True, else ``other`` (two trees of the same N and K)."""
+    pick = lambda a, b: torch.where(rows[:, None], a, b)  # noqa: E731
+    return TokenTree(pick(chosen.tokens, other.tokens), pick(chosen.parents, other.parents),
+                     pick(chosen.depth, other.depth), pick(chosen.rank, other.rank), chosen.k)
