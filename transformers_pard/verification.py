@@ -164,21 +164,18 @@ class TreeVerifier:
     very likely repeats: the draft keeps one node); a shorter one -> L. Every row still verifies N nodes."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
-                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3, lookup_adaptive: bool = True):
+                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
         self.lookup, self.lookup_ngram = lookup, lookup_ngram
-        self.lookup_long = max(min(k, budget - 1), lookup) if lookup_adaptive else lookup  # after a full-length match
-        self.lookup_adaptive = lookup_adaptive
+        self.lookup_long = max(min(k, budget - 1), lookup)  # the branch after a full-length match
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
         draft_nodes = {budget} | ({budget - lookup, budget - self.lookup_long} if lookup else set())
         self.shapes = {n: self._shape(accuracy[:k], n, topk_accuracy is not None, static_min_nodes) for n in draft_nodes}
-        one_shape = not lookup or not lookup_adaptive  # else the tree's layout differs from row to row
-        shape = self.shapes[budget - lookup]
-        self.node_attention = (shape_attention(shape, chain=lookup) if one_shape and shape is not None
-                               else None)  # (N, N), every round
+        shape = self.shapes[budget]  # with a lookup branch the layout differs from row to row: built per round
+        self.node_attention = shape_attention(shape) if not lookup and shape is not None else None  # (N, N)
 
     @property
     def shape(self):
@@ -196,18 +193,16 @@ class TreeVerifier:
 
     def propose(self, state, draft: DraftLogits):
         if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
-            build = lambda nodes: self._greedy_tree(draft.values, draft.target_ids, nodes)  # noqa: E731 head columns
-            return self._tree(state, build, lambda: draft.target_ids(draft.values.argmax(-1))), None
+            return self._tree(state, lambda nodes: self._greedy_tree(draft.values, draft.target_ids, nodes)), None
         draft_logits = draft.full()  # (B, K, V)
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
-        top1 = lambda: scores.argmax(-1)  # noqa: E731  (B, K) the draft's chain
         if not self.sampling:
-            return self._tree(state, lambda nodes: self._greedy_tree(scores, lambda c: c, nodes), top1), None
+            return self._tree(state, lambda nodes: self._greedy_tree(scores, lambda columns: columns, nodes)), None
         q = torch.softmax(scores, -1)  # (B, K, V)
-        return self._tree(state, lambda nodes: sampled_tree(q, self.shapes[nodes]), top1), q
+        return self._tree(state, lambda nodes: sampled_tree(q, self.shapes[nodes])), q
 
-    def _tree(self, state, build, top1) -> TokenTree:
+    def _tree(self, state, build) -> TokenTree:
         """The round's tree: ``build(n)`` gives the draft's tree of n nodes; plus the lookup branch, read off
         the committed text ``state.tokens``, in the share its match earns (class docstring)."""
         if not self.lookup:
@@ -215,9 +210,6 @@ class TreeVerifier:
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
         continuation, matched = ngram_continuation(state.tokens, state.pad, end, length=self.lookup_long,
                                                    max_ngram=self.lookup_ngram)  # (B, L'), (B,)
-        if not self.lookup_adaptive:  # a fixed share; with no match, the draft's top-1 chain fills it
-            tokens = torch.where(matched[:, None] > 0, continuation, top1()[:, : self.lookup])  # (B, L)
-            return with_chain(build(self.budget - self.lookup), tokens)
         short = with_chain(build(self.budget - self.lookup), continuation[:, : self.lookup])
         long = with_chain(build(self.budget - self.lookup_long), continuation)
         tree = _select_rows(matched >= self.lookup_ngram, long, short)
