@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared run for a machine with a CUDA/ROCm GPU (under ~8 minutes on an H200): the gpu-marked
+# One prepared run for a machine with a CUDA/ROCm GPU (under ~10 minutes on an H200): the gpu-marked
 # tests, then the SmolLM2 bench (plain, ar-plus, pard, pard-compiled, pard-tree, pard-lookup[-compiled]) in fp32 and bf16
 # (compiled methods: CUDA graphs, mode reduce-overhead). JSON reports land in $RESULTS (default
 # benchmarks/results/), or under $OUT when the device tool runs it, with the GPU's name in nvidia-smi.txt.
@@ -18,7 +18,7 @@ timeout 120 python -m pytest -q -m gpu 2>&1 | tail -5 | tee "$RESULTS/gpu-tests.
 
 PROMPTS="../shared/bench/gsm8k.jsonl ../shared/bench/humaneval.jsonl"
 for dtype in fp32 bf16; do
-  timeout 170 python -m transformers_pard bench --device cuda --dtype "$dtype" --prompts $PROMPTS --limit 10 \
+  timeout 220 python -m transformers_pard bench --device cuda --dtype "$dtype" --prompts $PROMPTS --limit 10 \
       --methods plain,ar-plus,pard,pard-compiled,pard-tree,pard-lookup,pard-lookup-compiled --k 8 --max-new-tokens 128 \
       --json "$RESULTS/smollm2-gpu-$dtype.json" 2>&1 | tail -25 | tee "$RESULTS/smollm2-gpu-$dtype.txt"
 done
