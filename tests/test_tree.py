@@ -134,7 +134,7 @@ def test_a_subset_heads_tree_is_built_on_its_columns_and_equals_the_full_vocabul
     draft = DraftLogits(torch.randn(2, 3, 12), ids, 50)
     verifier = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
     on_columns, _ = verifier.propose(None, draft)
-    on_full = verifier._greedy_tree(draft.full(), lambda columns: columns, 5)
+    on_full = verifier._greedy_trees(draft.full(), lambda columns: columns, (5,))[5]
     assert torch.equal(on_columns.tokens, on_full.tokens) and torch.equal(on_columns.parents, on_full.parents)
     assert torch.isin(on_columns.tokens, ids).all()
 
@@ -259,6 +259,20 @@ def test_dynamic_tree_equals_the_slow_reference(seed, batch, k, top_n, data):
     assert tree.tokens.shape == (batch, budget)
     for b in range(batch):
         assert rank_paths(tree, b) == dynamic_reference(logits, budget, top_n, b)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), k=st.integers(1, 4), top_n=st.integers(1, 3),
+       budgets=st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True))
+def test_dynamic_trees_of_several_budgets_equal_one_tree_each(seed, batch, k, top_n, budgets):
+    logits = torch.randn(batch, k, 6, generator=torch.Generator().manual_seed(seed))
+    capacity = sum(min(max(budgets), top_n**d) for d in range(1, k + 1))
+    budgets = tuple(b for b in budgets if b <= capacity) or (1,)
+    trees = tree_module.dynamic_trees(logits, budgets=budgets, top_n=top_n)
+    for budget in budgets:
+        one = dynamic_tree(logits, budget=budget, top_n=top_n)
+        for field in ("tokens", "parents", "depth", "rank"):
+            assert torch.equal(getattr(trees[budget], field), getattr(one, field)), (budget, field)
 
 
 def test_dynamic_tree_rows_get_their_own_shape():

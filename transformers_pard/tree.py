@@ -52,7 +52,7 @@ import torch
 
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
-    "dynamic_tree_from_topk", "shape_attention",
+    "dynamic_tree_from_topk", "dynamic_trees", "dynamic_trees_from_topk", "shape_attention",
     "sampled_tree", "ngram_continuation", "with_chain", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
@@ -175,6 +175,17 @@ def static_tree(draft_logits: torch.Tensor, shape: TreeShape) -> TokenTree:
 # ----------------------------------------------------------------------------------------------
 
 
+def dynamic_trees(draft_logits: torch.Tensor, *, budgets: tuple[int, ...], top_n: int) -> dict[int, TokenTree]:
+    """``dynamic_tree`` for several budgets at once (one top-k, one expansion at the largest budget): the
+    best-b nodes of the largest budget's kept layers are the best-b tree, since every node of the best b
+    is among the best b of its depth (``dynamic_tree``'s argument). For a lookup branch's several shares."""
+    batch, k, vocab = draft_logits.shape  # (B, K, V)
+    if not 1 <= top_n <= vocab:
+        raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
+    log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
+    return dynamic_trees_from_topk(log_q, candidates, budgets=budgets)
+
+
 def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> TokenTree:
     """EAGLE-2's tree, per row: of all nodes (each node's children = the top-``top_n`` tokens of the
     next slot), the ``budget`` with the highest path probability prod_d q_d(token_d).
@@ -196,12 +207,26 @@ def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> Toke
 def dynamic_tree_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *, budget: int) -> TokenTree:
     """``dynamic_tree`` given each slot's top-n already: ``log_q`` (B, K, n) their log-probabilities
     (descending), ``candidates`` (B, K, n) their token ids."""
+    return dynamic_trees_from_topk(log_q, candidates, budgets=(budget,))[budget]
+
+
+def dynamic_trees_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *,
+                            budgets: tuple[int, ...]) -> dict[int, TokenTree]:
+    """``dynamic_trees`` given each slot's top-n already (as ``dynamic_tree_from_topk``)."""
     batch, k, top_n = log_q.shape  # (B, K, n)
-    score, parent, depth, rank, tokens = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
-    if score.shape[1] < budget:
-        raise ValueError(f"K = {k} slots with top_n = {top_n} give only {score.shape[1]} nodes, "
-                         f"fewer than budget {budget}.")
-    best = score.sort(dim=1, descending=True, stable=True).indices[:, :budget]  # (B, N) ids of the best N
+    largest = max(budgets)
+    layers = _dynamic_layers(log_q, candidates, largest)  # (B, T) each
+    if layers[0].shape[1] < largest:
+        raise ValueError(f"K = {k} slots with top_n = {top_n} give only {layers[0].shape[1]} nodes, "
+                         f"fewer than budget {largest}.")
+    order = layers[0].sort(dim=1, descending=True, stable=True).indices  # (B, T) ids, best first
+    return {budget: _best_nodes(layers, order[:, :budget], k) for budget in budgets}
+
+
+def _best_nodes(layers, best: torch.Tensor, k: int) -> TokenTree:
+    """The tree of the kept nodes ``best`` (B, N) (ids into ``_dynamic_layers``' columns)."""
+    score, parent, depth, rank, tokens = layers  # (B, T) each
+    batch, budget = best.shape
     chosen = best.sort(dim=1).values  # (B, N) ids are depth-major, parent < child: topological order
     node_of = torch.full_like(score, -1, dtype=torch.long)  # (B, T) id -> node index (-1: not chosen)
     node_of.scatter_(1, chosen, torch.arange(budget, device=score.device).expand(batch, -1))

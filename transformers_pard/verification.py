@@ -19,7 +19,7 @@ import torch
 
 from .drafting import DraftLogits
 from .scoring import Scorer
-from .tree import (TokenTree, dynamic_tree, greedy_accept, ngram_continuation, sampled_tree, sampling_accept,
+from .tree import (TokenTree, dynamic_trees, greedy_accept, ngram_continuation, sampled_tree, sampling_accept,
                    shape_attention, static_shape, static_tree, verify_layout, with_chain)
 
 
@@ -193,27 +193,28 @@ class TreeVerifier:
 
     def propose(self, state, draft: DraftLogits):
         if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
-            return self._tree(state, lambda nodes: self._greedy_tree(draft.values, draft.target_ids, nodes)), None
+            return self._tree(state, lambda counts: self._greedy_trees(draft.values, draft.target_ids, counts)), None
         draft_logits = draft.full()  # (B, K, V)
         empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
         scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
         if not self.sampling:
-            return self._tree(state, lambda nodes: self._greedy_tree(scores, lambda columns: columns, nodes)), None
+            return self._tree(state, lambda counts: self._greedy_trees(scores, lambda columns: columns, counts)), None
         q = torch.softmax(scores, -1)  # (B, K, V)
-        return self._tree(state, lambda nodes: sampled_tree(q, self.shapes[nodes])), q
+        return self._tree(state, lambda counts: {n: sampled_tree(q, self.shapes[n]) for n in counts}), q
 
     def _tree(self, state, build) -> TokenTree:
-        """The round's tree: ``build(n)`` gives the draft's tree of n nodes; plus the lookup branch, read off
-        the committed text ``state.tokens``, in the share its match earns (class docstring)."""
+        """The round's tree: ``build(counts)`` gives the draft's trees of those node counts; plus the lookup
+        branch, read off the committed text ``state.tokens``, in the share its match earns (class docstring)."""
         if not self.lookup:
-            return build(self.budget)
+            return build((self.budget,))[self.budget]
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
         continuation, matched = ngram_continuation(state.tokens, state.pad, end, length=self.lookup_long,
                                                    max_ngram=self.lookup_ngram)  # (B, L'), (B,)
-        short = with_chain(build(self.budget - self.lookup), continuation[:, : self.lookup])
-        long = with_chain(build(self.budget - self.lookup_long), continuation)
+        trees = build(tuple(self.shapes))  # the draft's trees of N, N - L and N - L' nodes
+        short = with_chain(trees[self.budget - self.lookup], continuation[:, : self.lookup])
+        long = with_chain(trees[self.budget - self.lookup_long], continuation)
         tree = _select_rows(matched >= self.lookup_ngram, long, short)
-        return _select_rows(matched == 0, build(self.budget), tree)
+        return _select_rows(matched == 0, trees[self.budget], tree)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
         """Whether K slots of C columns each hold every draft tree used (a small subset head may not)."""
@@ -225,15 +226,15 @@ class TreeVerifier:
                 return False
         return True
 
-    def _greedy_tree(self, scores: torch.Tensor, target_ids, nodes: int) -> TokenTree:
-        """The static or dynamic tree of ``nodes`` over ``scores`` (B, K, C), its tokens mapped by ``target_ids``."""
-        shape = self.shapes[nodes]
-        if shape is not None:
-            tree = static_tree(scores, shape)
-        else:
-            top_n = expansion_width(nodes, scores.shape[1], scores.shape[2], self.top_n)
-            tree = dynamic_tree(scores, budget=nodes, top_n=top_n)
-        return replace(tree, tokens=target_ids(tree.tokens))
+    def _greedy_trees(self, scores: torch.Tensor, target_ids, counts) -> dict[int, TokenTree]:
+        """The static or dynamic tree of each node count over ``scores`` (B, K, C), tokens mapped by
+        ``target_ids``; the dynamic ones from one top-k and one expansion (``tree.dynamic_trees``)."""
+        trees = {n: static_tree(scores, self.shapes[n]) for n in counts if self.shapes[n] is not None}
+        dynamic = tuple(n for n in counts if self.shapes[n] is None)
+        if dynamic:
+            top_n = expansion_width(max(dynamic), scores.shape[1], scores.shape[2], self.top_n)
+            trees.update(dynamic_trees(scores, budgets=dynamic, top_n=top_n))
+        return {n: replace(tree, tokens=target_ids(tree.tokens)) for n, tree in trees.items()}
 
     def verify_input(self, state, proposal) -> VerifyInput:
         if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step
