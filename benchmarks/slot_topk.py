@@ -143,7 +143,12 @@ def round_slots(choice, logits, copy, position, start: int, *, k: int, top_n: in
 def tree_accepted(log_q, ids, by_depth, budget: int) -> torch.Tensor:
     """Tokens a greedy dynamic tree of ``budget`` nodes accepts in each round (P,); ``budget`` = K with
     one child per node is the chain."""
-    tree = dynamic_tree_from_topk(log_q, ids, budget=budget)
+    return greedy_accepted(dynamic_tree_from_topk(log_q, ids, budget=budget), by_depth)
+
+
+def greedy_accepted(tree: TokenTree, by_depth: torch.Tensor) -> torch.Tensor:
+    """Tokens ``tree`` (P rounds) accepts per round (P,): on target-greedy text the target's choice at a
+    node of depth d is ``by_depth[:, d]``, whatever the path."""
     depth = torch.cat([torch.zeros_like(tree.depth[:, :1]), tree.depth], dim=1)  # (P, 1+N)
     return greedy_accept(tree, by_depth.gather(1, depth)).num_accepted
 
@@ -178,14 +183,12 @@ def lookup_tokens(sequence: list[int], start: int, rounds: int, length: int) -> 
 
 def lookup_accepted(log_q, ids, by_depth, lookup: torch.Tensor, draft_nodes: int) -> torch.Tensor:
     """Tokens accepted per round (P,) by a dynamic tree of ``draft_nodes`` plus the lookup branch ``lookup``
-    (P, L) (``tree.with_chain``, as ``generate(pard_tree=N+L, pard_lookup=L)`` builds it); 0 draft nodes:
-    the lookup chain alone. Rounds with no recurring n-gram get no lookup candidate (the engine would
-    fall back to the draft's chain, which the tree mostly holds already)."""
+    (P, L) (``tree.with_chain``) in a fixed share; 0 draft nodes: the lookup chain alone. Rounds with no
+    recurring n-gram get no lookup candidate. (The engine's share follows the match instead; see
+    ``verification.TreeVerifier``.)"""
     if draft_nodes == 0:
         return (lookup == by_depth[:, : lookup.shape[1]]).long().cumprod(1).sum(1)
-    tree = with_chain(dynamic_tree_from_topk(log_q, ids, budget=draft_nodes), lookup)
-    depth = torch.cat([torch.zeros_like(tree.depth[:, :1]), tree.depth], dim=1)  # (P, 1+N)
-    return greedy_accept(tree, by_depth.gather(1, depth)).num_accepted
+    return greedy_accepted(with_chain(dynamic_tree_from_topk(log_q, ids, budget=draft_nodes), lookup), by_depth)
 
 
 def static_accepted(ids, by_depth, shape) -> torch.Tensor:
@@ -194,8 +197,7 @@ def static_accepted(ids, by_depth, shape) -> torch.Tensor:
     rounds = ids.shape[0]
     tree = TokenTree(ids[:, depth - 1, rank], parents.expand(rounds, -1), depth.expand(rounds, -1),
                      rank.expand(rounds, -1), shape.k)
-    depth0 = torch.cat([torch.zeros(1, dtype=torch.long), depth])  # (1+N,)
-    return greedy_accept(tree, by_depth[:, depth0]).num_accepted
+    return greedy_accepted(tree, by_depth)
 
 
 def estimated_tau(paths, share: list[list[float]]) -> float:

@@ -423,7 +423,9 @@ def test_with_chain_appends_a_root_branch_and_its_static_attention():
     tree.check()
     assert tree.parents[0, 6:].tolist() == [-1, 6] and tree.depth[0, 6:].tolist() == [1, 2]
     assert tree.rank[:, 6:].tolist() == [[-1, -1]] * 2 and tree.tokens[1, 6:].tolist() == [6, 7]
-    assert torch.equal(shape_attention(shape, chain=2), tree_attention(tree)[0])
+    seen = tree_attention(tree)[0]  # (8, 8): the branch sees only itself, no other node sees it
+    assert seen[6].tolist() == [False] * 6 + [True, False] and seen[7].tolist() == [False] * 6 + [True, True]
+    assert not seen[:6, 6:].any() and torch.equal(seen[:6, :6], shape_attention(shape))
     with pytest.raises(ValueError, match="1..K = 3"):
         with_chain(tree, torch.zeros(2, 4, dtype=torch.long))
 

@@ -182,6 +182,7 @@ def dynamic_trees(draft_logits: torch.Tensor, *, budgets: tuple[int, ...], top_n
     batch, k, vocab = draft_logits.shape  # (B, K, V)
     if not 1 <= top_n <= vocab:
         raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
+    # log_softmax then topk: logsumexp alone is ~6x slower than log_softmax on CPU over a subset head's -inf tail
     log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
     return dynamic_trees_from_topk(log_q, candidates, budgets=budgets)
 
@@ -196,12 +197,7 @@ def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> Toke
     the best N of all kept nodes are taken. A child never beats its parent, and on ties the stable
     sort prefers the shallower node, so the chosen set always contains every chosen node's parent.
     """
-    batch, k, vocab = draft_logits.shape  # (B, K, V)
-    if not 1 <= top_n <= vocab:
-        raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
-    # log_softmax then topk: logsumexp alone is ~6x slower than log_softmax on CPU over a subset head's -inf tail
-    log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
-    return dynamic_tree_from_topk(log_q, candidates, budget=budget)
+    return dynamic_trees(draft_logits, budgets=(budget,), top_n=top_n)[budget]
 
 
 def dynamic_tree_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *, budget: int) -> TokenTree:
@@ -287,7 +283,7 @@ def sampled_tree(q: torch.Tensor, shape: TreeShape, *, generator: torch.Generato
 def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, *, length: int,
                        max_ngram: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt lookup, per row: the ``length`` tokens that followed the most recent earlier occurrence of
-    the row's last n tokens (n = ``max_ngram`` down to 1, the longest n that occurs), and whether any did.
+    the row's last n tokens (n = ``max_ngram`` down to 1, the longest n that occurs), and that n.
 
     ``tokens`` (B, S): row b's text is ``tokens[b, begin[b]:end[b]]`` (prompt + committed output, its
     newest token at ``end - 1``). When the continuation runs into the suffix itself (a loop of period
@@ -349,15 +345,11 @@ def tree_attention(tree: TokenTree) -> torch.Tensor:
     return seen
 
 
-def shape_attention(shape: TreeShape, *, chain: int = 0) -> torch.Tensor:
-    """``tree_attention`` of a static shape, plus a ``chain``-node branch under the root when > 0 (a
-    lookup branch, ``with_chain``): (N + chain, N + chain), the same every round, so build it once."""
+def shape_attention(shape: TreeShape) -> torch.Tensor:
+    """``tree_attention`` of a static shape (N, N): the same every round, so build it once."""
     parents, depth, rank = shape.tensors()  # (N,) each
     tokens = torch.zeros_like(parents)[None]  # (1, N) the tokens play no part in the mask
-    tree = TokenTree(tokens, parents[None], depth[None], rank[None], shape.k)
-    if chain:
-        tree = with_chain(tree, torch.zeros(1, chain, dtype=torch.long))
-    return tree_attention(tree)[0]
+    return tree_attention(TokenTree(tokens, parents[None], depth[None], rank[None], shape.k))[0]
 
 
 @dataclass(frozen=True)
