@@ -128,6 +128,23 @@ def test_load_draft_reads_compact_and_plain_folders(target, draft, tmp_path):
     assert not plain.training and plain.dtype == torch.float32
 
 
+def test_a_draft_folder_ships_its_lookup_store(target, draft, tmp_path):
+    from transformers_pard.lookup import LOOKUP_FILE, LookupStore, attach_lookup_store, lookup_store
+
+    store = LookupStore.from_texts([[3, 4, 5, 6, 7, 8], [9, 10, 11]], horizon=2)
+    attach_lookup_store(draft, store)
+    try:
+        save_compact_draft(draft, tmp_path / "with", dtype=torch.float32)
+    finally:
+        attach_lookup_store(draft, None)
+    save_compact_draft(draft, tmp_path / "without", dtype=torch.float32)
+    assert (tmp_path / "with" / LOOKUP_FILE).exists() and not (tmp_path / "without" / LOOKUP_FILE).exists()
+    loaded = load_draft(str(tmp_path / "with"), target=target)
+    assert torch.equal(lookup_store(loaded).texts, store.texts)
+    assert lookup_store(load_draft(str(tmp_path / "without"), target=target)) is None
+    assert_same_weights(loaded, draft)
+
+
 def test_export_full_draft_writes_a_plain_hf_folder(target, draft, tmp_path):
     save_compact_draft(draft, tmp_path / "compact", dtype=torch.float32)
     reloaded = load_compact_draft(str(tmp_path / "compact"), target=target)

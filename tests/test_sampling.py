@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chisquare
 from transformers import GenerationConfig
 
-from transformers_pard import enable_pard
+from transformers_pard import LookupStore, enable_pard
 from transformers_pard.testing import tiny_causal_lm, tiny_pard_draft
 from transformers_pard.verification import SamplingVerifier
 from transformers_pard.vocab import attach_vocab_subset
@@ -128,13 +128,15 @@ def test_token_tree_sampling_matches_the_target_distribution(models, name):
     assert calls[-1].tree_nodes == 6 and 1.0 < calls[-1].tau < NEW
 
 
-@pytest.mark.parametrize("name", ["temperature", "top_k_top_p_temperature"])
-def test_token_tree_with_a_lookup_branch_matches_the_target_distribution(models, name):
-    """pard_lookup: fixed candidates (the text's n-gram continuation, else the draft's top-1 chain) beside
-    the i.i.d. siblings, each with a one-hot q: still the target's distribution."""
+@pytest.mark.parametrize("name,store", [("temperature", False), ("top_k_top_p_temperature", False),
+                                        ("top_k_top_p_temperature", True)])
+def test_token_tree_with_a_lookup_branch_matches_the_target_distribution(models, name, store):
+    """pard_lookup: fixed candidates (the text's n-gram continuation, or a lookup store's) beside the
+    i.i.d. siblings, each with a one-hot q: still the target's distribution."""
     target, draft = models
     calls = []
-    counts = pard_draws(target, draft, SETTINGS[name], stats=calls, pard_tree=6, pard_lookup=2)
+    extra = {"pard_lookup_store": LookupStore.from_texts([[1, 5, 3, 4, 4, 6], [5, 3, 7, 1, 2, 7]], horizon=2)} if store else {}
+    counts = pard_draws(target, draft, SETTINGS[name], stats=calls, pard_tree=6, pard_lookup=2, **extra)
     assert chi_square_p(counts, exact_distribution(target, SETTINGS[name])) > 1e-3
     assert calls[-1].lookup_nodes == 2 and 1.0 < calls[-1].tau < NEW
 

@@ -13,7 +13,7 @@ from scipy.stats import chisquare
 from transformers_pard import tree as tree_module
 from transformers_pard.scoring import Scorer
 from transformers_pard.tree import (
-    TokenTree, TreeShape, dynamic_tree, greedy_accept, ngram_continuation, sampled_tree, sampling_accept, shape_attention,
+    TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention,
     static_shape, static_tree, tree_attention, verify_layout, with_chain,
 )
 from transformers_pard.drafting import DraftLogits
@@ -357,8 +357,8 @@ def test_greedy_accept_on_a_chain_is_the_greedy_verifier(seed, batch, k, vocab):
     chain = make_tree(draft.tolist(), [list(range(-1, k - 1))] * batch, k)
     out = greedy_accept(chain, choice)
     logits = torch.nn.functional.one_hot(choice, vocab).float()  # (B, K+1, V): argmax = choice
-    chunk, length, _ = GreedyVerifier(Scorer(None)).accept(None, draft, None, logits)
-    assert torch.equal(out.chunk, chunk) and torch.equal(out.length, length)
+    verdict = GreedyVerifier(Scorer(None)).accept(None, draft, None, logits)
+    assert torch.equal(out.chunk, verdict.chunk) and torch.equal(out.length, verdict.length)
     assert torch.equal(out.path_slots, torch.arange(k + 1).expand(batch, -1))
 
 
@@ -373,48 +373,8 @@ def test_greedy_accept_literal():
 
 
 # ----------------------------------------------------------------------------------------------
-# The lookup branch (prompt lookup)
+# The lookup branch (its candidates: test_lookup.py)
 # ----------------------------------------------------------------------------------------------
-
-
-def lookup_reference(text: list[int], length: int, max_ngram: int) -> tuple[list[int] | None, int]:
-    """The latest earlier occurrence of the longest suffix n-gram: its continuation, looping past the end, and n."""
-    for n in range(max_ngram, 0, -1):
-        if len(text) <= n:
-            continue
-        for j in range(len(text) - n - 1, -1, -1):
-            if text[j:j + n] == text[-n:]:
-                period = len(text) - (j + n)
-                return [text[j + n + i % period] for i in range(length)], n
-    return None, 0
-
-
-@settings(max_examples=80)
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), vocab=st.integers(2, 6), length=st.integers(1, 6),
-       max_ngram=st.integers(1, 4), data=st.data())
-def test_ngram_continuation_equals_the_slow_reference(seed, batch, vocab, length, max_ngram, data):
-    width = 14
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(vocab, (batch, width), generator=generator)  # (B, S), past `end`: stale tokens
-    begin = torch.tensor([data.draw(st.integers(0, 5)) for _ in range(batch)])
-    end = torch.tensor([data.draw(st.integers(int(b) + 1, width)) for b in begin])
-    continuation, matched = ngram_continuation(tokens, begin, end, length=length, max_ngram=max_ngram)
-    for b in range(batch):
-        expected, n = lookup_reference(tokens[b, begin[b]:end[b]].tolist(), length, max_ngram)
-        assert int(matched[b]) == n
-        if expected is not None:
-            assert continuation[b].tolist() == expected
-
-
-def test_ngram_continuation_literal():
-    # text 5 6 7 8 5 6: the suffix "5 6" occurred at 0, followed by 7 8 5 6 (then it loops: 7 8 ...)
-    tokens = torch.tensor([[0, 0, 5, 6, 7, 8, 5, 6, 9, 9]])  # two pads in front, stale tokens after
-    continuation, matched = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([8]), length=6, max_ngram=3)
-    assert matched.tolist() == [2] and continuation.tolist() == [[7, 8, 5, 6, 7, 8]]
-    # the pads never match: "0" occurs only in the padding
-    tokens = torch.tensor([[0, 0, 5, 6, 0]])
-    _, matched = ngram_continuation(tokens, torch.tensor([2]), torch.tensor([5]), length=2)
-    assert matched.tolist() == [0]
 
 
 def test_with_chain_appends_a_root_branch_and_its_static_attention():
@@ -560,8 +520,10 @@ def test_sampling_accept_path_contract():
     seed=st.integers(0, 2**16),
     measured=st.booleans(),
     lookup=st.integers(0, 8),
+    store=st.booleans(),
 )
-def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed, measured, lookup):
+def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max_new_tokens, seed, measured, lookup, store):
+    from transformers_pard import LookupStore
     from transformers_pard.testing import left_padded_batch, perturbed_pard_draft
 
     target = targets[arch]
@@ -571,8 +533,12 @@ def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max
     if measured:  # a static shape from a per-slot table (ranks 1..3), else the dynamic tree
         draft.config.pard_tree_topk_accuracy = [[0.4, 0.5, 0.55], [0.25, 0.35, 0.4], [0.1, 0.2, 0.25]]
     lookup = min(lookup, k, budget - 1)  # a lookup branch of up to K nodes, inside the budget
+    extra = {}
+    if store and lookup:  # a store of the prompts and of random texts: candidates right and wrong
+        noise = torch.randint(3, 90, (4, 12), generator=torch.Generator().manual_seed(seed)).tolist()
+        extra["pard_lookup_store"] = LookupStore.from_texts(ids.tolist() + noise, horizon=4)
     out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pard_draft=draft,
-                          num_assistant_tokens=k, pard_tree=budget, pard_lookup=lookup, pard_min_tau=None)
+                          num_assistant_tokens=k, pard_tree=budget, pard_lookup=lookup, pard_min_tau=None, **extra)
     assert torch.equal(out, expected)
 
 
@@ -596,6 +562,31 @@ def test_a_lookup_branch_accepts_more_on_repeating_text(targets):
     assert 0 < stats.lookup_tokens <= stats.committed_tokens - stats.row_rounds and runs[0].pard_stats.lookup_tokens == 0
 
 
+def test_a_lookup_store_that_holds_the_answer_raises_tau(targets):
+    """A store holding the target's own answer to a prompt (its text the row has not written yet, so
+    prompt lookup cannot find it): the lookup branch proposes it; outputs stay identical."""
+    from transformers_pard import LookupStore
+    from transformers_pard.lookup import attach_lookup_store
+    from transformers_pard.testing import perturbed_pard_draft
+
+    target = targets["qwen2"]
+    ids = torch.tensor([[21, 34, 55, 8, 13]])
+    expected = target.generate(ids, max_new_tokens=32, do_sample=False)
+    draft = perturbed_pard_draft(target, seed=2, noise=2.0)
+    call = dict(max_new_tokens=32, pard_draft=draft, num_assistant_tokens=8, pard_tree=8, pard_lookup=4,
+                pard_min_tau=None, return_dict_in_generate=True)
+    own = target.generate(ids, pard_lookup_store=False, **call)
+    store = LookupStore.from_texts(expected.tolist())
+    attach_lookup_store(draft, store)  # the draft's own store is the default
+    stored = target.generate(ids, **call)
+    explicit = target.generate(ids, pard_lookup_store=store, **call)
+    for run in (own, stored, explicit):
+        assert torch.equal(run.sequences, expected)
+    assert stored.pard_stats.tau > own.pard_stats.tau and stored.pard_stats.tau == explicit.pard_stats.tau
+    assert stored.pard_stats.lookup_tokens > own.pard_stats.lookup_tokens
+    assert target.generate(ids, pard_lookup_store=False, **call).pard_stats.tau == own.pard_stats.tau
+
+
 def test_a_tree_accepts_more_than_the_chain_with_the_same_draft(targets):
     from transformers_pard.testing import left_padded_batch, perturbed_pard_draft
 
@@ -611,6 +602,7 @@ def test_a_tree_accepts_more_than_the_chain_with_the_same_draft(targets):
 
 
 def test_tree_refuses_what_it_cannot_honour(targets):
+    from transformers_pard import LookupStore
     from transformers_pard.testing import perturbed_pard_draft
 
     target = targets["llama"]
@@ -630,6 +622,11 @@ def test_tree_refuses_what_it_cannot_honour(targets):
         target.generate(ids, pard_draft=draft, pard_tree=12, pard_lookup=5, num_assistant_tokens=4, max_new_tokens=3)
     with pytest.raises(ValueError, match="below pard_tree=4"):
         target.generate(ids, pard_draft=draft, pard_tree=4, pard_lookup=4, num_assistant_tokens=8, max_new_tokens=3)
+    with pytest.raises(ValueError, match="pard_lookup_store takes a transformers_pard.LookupStore"):
+        target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=2, pard_lookup_store=[[1, 2]], max_new_tokens=3)
+    with pytest.raises(ValueError, match="read by the lookup branch only: pass pard_lookup=L"):
+        target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup_store=LookupStore.from_texts([[4, 5]]),
+                        max_new_tokens=3)
 
 
 def test_pard2_tree_decoding_is_lossless_and_compiles_once(targets):

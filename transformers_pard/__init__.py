@@ -9,12 +9,14 @@
 from .draft_config import DEFAULT_K, is_pard_draft, mask_token_id
 from .engine import PardStats
 from .generation import PardGenerateOutput, PardGenerationMixin, PardOptions
+from .lookup import LookupStore
 from .modeling import PardAutoModelForCausalLM, enable_pard
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_K",
+    "LookupStore",
     "PardAutoModelForCausalLM",
     "PardGenerateOutput",
     "PardGenerationMixin",

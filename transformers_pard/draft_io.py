@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .lookup import LookupStore, attach_lookup_store, lookup_store
 from .pard2 import PROJ_PREFIX, load_projection, save_projection
 from .vocab import VOCAB_SIZE_KEY, attach_vocab_subset, load_vocab_subset, save_vocab_subset, vocab_subset
 
@@ -54,12 +55,15 @@ def save_compact_draft(draft, path: str, *, dtype: torch.dtype = torch.bfloat16,
         save_projection(draft, path)
     if vocab_subset(draft) is not None:
         save_vocab_subset(path, vocab_subset(draft))
+    if lookup_store(draft) is not None:
+        lookup_store(draft).save(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
 
 def load_draft_extras(draft, path: str):
-    """Attach what a draft folder stores beside its weights: the PARD-2 projection, the vocabulary subset."""
+    """Attach what a draft folder stores beside its weights: the PARD-2 projection, the vocabulary subset,
+    the lookup store."""
     dtype, device = draft.get_input_embeddings().weight.dtype, draft.get_input_embeddings().weight.device
     if load_projection(draft, path) is not None:
         draft.target_proj.to(device=device, dtype=dtype)
@@ -68,6 +72,7 @@ def load_draft_extras(draft, path: str):
         raise ValueError(f"{path}'s config.json sets {VOCAB_SIZE_KEY} but the folder has no vocabulary-subset "
                          "file: copy pard_vocab.safetensors with the draft, or delete the key to use the full vocabulary.")
     attach_vocab_subset(draft, ids)
+    attach_lookup_store(draft, LookupStore.load(path))
     return draft
 
 

@@ -27,6 +27,7 @@ from .cache import PardStaticCache, cache_keyword
 from .drafting import DraftLogits, Drafter, draft_layout
 from .pard2 import target_features
 from .schedule import DraftSchedule
+from .verification import along_path
 from .timing import PhaseTimer
 
 
@@ -428,10 +429,12 @@ def accept_and_commit(loop: Loop, k: int, draft_tokens, q, target_logits, featur
     """Steps 3-6 of a round; returns (every row finished, the widest unseen chunk) from its one host sync."""
     state, inputs = loop.state, loop.inputs
     verdict = loop.verifier.accept(state, draft_tokens, q, target_logits)
-    chunk, length, scores = verdict  # (B, K+1), (B,), (B, K+1, V)
-    if verdict.path_slots is not None:  # a token tree: the accepted path's KV, logits, features
+    chunk, length = verdict.chunk, verdict.length  # (B, K+1), (B,)
+    if verdict.path_slots is not None:  # a token tree: the accepted path's KV, then logits and features along it
         loop.models.target_cache.gather_path(verdict.path_slots, move=loop.models.move_slots)
-        target_logits, features = (_along_path(t, verdict.path_slots) for t in (target_logits, features))
+        features = along_path(features, verdict.path_slots)
+    target_logits = along_path(target_logits, verdict.path_slots) if state.logits is not None else None
+    scores = verdict.scores() if state.scores is not None or inputs.stopping_criteria else None  # (B, K+1, V)
     length, finished = apply_stopping(chunk, length, state, inputs)
     if inputs.stopping_criteria:
         length, finished = apply_criteria(inputs.stopping_criteria, chunk, length, finished, state, scores)
@@ -455,13 +458,6 @@ def accept_and_commit(loop: Loop, k: int, draft_tokens, q, target_logits, featur
         loop.stats.drafting_row_rounds += rows
     loop.schedule.update(committed=committed, rows=rows, all_accepted=committed == rows * (k + 1))
     return bool(all_done), max_unseen
-
-
-def _along_path(values: torch.Tensor | None, path_slots: torch.Tensor) -> torch.Tensor | None:
-    """values (B, T, D) at the verify slots behind the committed tokens: (B, K+1, D)."""
-    if values is None:
-        return None
-    return values.gather(1, path_slots[..., None].expand(-1, -1, values.shape[-1]))
 
 
 def _final_stats(stats: PardStats, schedule: DraftSchedule, histogram: torch.Tensor) -> None:

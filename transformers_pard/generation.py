@@ -12,7 +12,10 @@ PARD-specific ``generate`` keywords: ``pard_draft``; ``pard_min_tau`` (auto-disa
 drafts ("dependent" = fed the target's hidden states, "independent" = draft alone; default: dependent
 when the draft carries a projection matching the target, else independent); ``ar_plus=True`` (no
 draft: AR+, plain decoding through the engine's static cache and compiled forwards);
-``pard_timing=True`` (``pard_stats.phase_seconds``: time per phase).
+``pard_timing=True`` (``pard_stats.phase_seconds``: time per phase); ``pard_tree=N`` (verify a token
+tree of N candidates per round instead of a chain); ``pard_lookup=L`` (L of them a lookup branch: the
+text's own n-gram continuation, or the lookup store's); ``pard_lookup_store`` (None = the draft's own
+store, False = none, or a ``LookupStore``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .assisted import is_assisted_call, parallel_draft_candidates
 from .draft_config import DEFAULT_K, is_pard_draft
 from .drafting import resolve_draft, resolve_pard2
 from .engine import LoopInputs, PardStats, pard_decode
+from .lookup import LookupStore, lookup_store
 from .runtime import PardOptions, runtime_of
 from .schedule import DraftSchedule, ScheduleConfig
 from .scoring import Scorer
@@ -174,6 +178,7 @@ def _pop_call_arguments(kwargs: dict) -> dict:
         "pard_mode": kwargs.pop("pard_mode", None),
         "pard_tree": kwargs.pop("pard_tree", None),
         "pard_lookup": kwargs.pop("pard_lookup", 0),
+        "pard_lookup_store": kwargs.pop("pard_lookup_store", None),
         "schedule": ScheduleConfig(
             schedule=kwargs.pop("num_assistant_tokens_schedule", None) or "constant",
             min_tau=kwargs.pop("pard_min_tau", ScheduleConfig.min_tau),
@@ -289,7 +294,24 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
     accuracy = getattr(draft.config, "pard_tree_topk_accuracy", None)
     static_from = int(getattr(draft.config, "pard_tree_static_min_nodes", 1))
     return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy,
-                        static_min_nodes=static_from, lookup=lookup)
+                        static_min_nodes=static_from, lookup=lookup, store=_lookup_store(call_args, draft))
+
+
+def _lookup_store(call_args, draft) -> LookupStore | None:
+    """``pard_lookup_store``: None = the draft's own store (if its folder shipped one), False = none (the
+    row's own text only), or a ``LookupStore``. Only a lookup branch reads it."""
+    store = call_args["pard_lookup_store"]
+    if store is None:
+        return lookup_store(draft) if call_args["pard_lookup"] else None
+    if store is False:
+        return None
+    if not isinstance(store, LookupStore):
+        raise ValueError(f"pard_lookup_store takes a transformers_pard.LookupStore, False (no store) or None (the "
+                         f"draft's own), got {type(store).__name__}.")
+    if not call_args["pard_lookup"]:
+        raise ValueError("pard_lookup_store is read by the lookup branch only: pass pard_lookup=L (and pard_tree=N) "
+                         "too, or drop pard_lookup_store.")
+    return store
 
 
 def pard_generate(model, draft, inputs=None, generation_config=None, **kwargs):

@@ -33,7 +33,7 @@ token of slot 2 under the top-1 token of slot 1. Example, paths ``(0,) (1,) (0,0
     5     (0, 0, 0) 2       3        5 [ 1  .  1  .  .  1 ]
 
 A *lookup branch* (``with_chain``) adds one more path under the root: the n-gram continuation of the
-row's own text (prompt lookup, ``ngram_continuation``), which, unlike the draft's slots, is conditioned
+row's own text (prompt lookup, ``lookup.ngram_continuation``), which, unlike the draft's slots, is conditioned
 on the tokens before it. It costs no forward, only verify width.
 
 Builders: ``static_tree`` (a fixed ``TreeShape`` from ``static_shape``, chosen once per draft from its
@@ -53,7 +53,7 @@ import torch
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
     "dynamic_tree_from_topk", "dynamic_trees", "dynamic_trees_from_topk", "shape_attention",
-    "sampled_tree", "ngram_continuation", "with_chain", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
+    "sampled_tree", "with_chain", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
 
@@ -276,38 +276,8 @@ def sampled_tree(q: torch.Tensor, shape: TreeShape, *, generator: torch.Generato
 
 
 # ----------------------------------------------------------------------------------------------
-# A lookup branch (prompt lookup: an n-gram continuation of the row's own text)
+# A lookup branch: fixed candidates under the root (``lookup.py`` finds them)
 # ----------------------------------------------------------------------------------------------
-
-
-def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, *, length: int,
-                       max_ngram: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt lookup, per row: the ``length`` tokens that followed the most recent earlier occurrence of
-    the row's last n tokens (n = ``max_ngram`` down to 1, the longest n that occurs), and that n.
-
-    ``tokens`` (B, S): row b's text is ``tokens[b, begin[b]:end[b]]`` (prompt + committed output, its
-    newest token at ``end - 1``). When the continuation runs into the suffix itself (a loop of period
-    ``end - s`` shorter than ``length``, s = where the continuation starts), it repeats that period: the
-    text is predicted to keep looping. Rows with no match get ``matched`` 0 and unspecified tokens.
-    Returns ``(continuation (B, length) long, matched (B,) long: the n that matched, 0 = none)``; all on the
-    tokens' device, no host sync.
-    """
-    batch, width = tokens.shape  # (B, S)
-    best = torch.full_like(begin, -1)  # (B,) start of the chosen earlier occurrence
-    best_n = torch.zeros_like(begin)  # (B,)
-    for n in range(min(max_ngram, width - 1), 0, -1):
-        suffix = tokens.gather(1, (end[:, None] - n + torch.arange(n, device=tokens.device)).clamp(min=0))  # (B, n)
-        windows = tokens.unfold(1, n, 1)  # (B, S-n+1, n): window j = tokens[j:j+n]
-        start = torch.arange(windows.shape[1], device=tokens.device)  # (S-n+1,)
-        match = ((windows == suffix[:, None, :]).all(-1) & (start >= begin[:, None])
-                 & (start + n < end[:, None]) & (end - n >= begin)[:, None])  # (B, S-n+1): strictly earlier
-        latest = torch.where(match, start, -1).amax(1)  # (B,)
-        take = (best < 0) & (latest >= 0)  # (B,) the longest n wins
-        best, best_n = torch.where(take, latest, best), torch.where(take, n, best_n)
-    follow = best + best_n  # (B,) where the continuation starts
-    period = (end - follow).clamp(min=1)  # (B,)
-    index = follow[:, None] + torch.arange(length, device=tokens.device) % period[:, None]  # (B, L)
-    return tokens.gather(1, index.clamp(0, width - 1)), best_n
 
 
 def with_chain(tree: TokenTree, tokens: torch.Tensor) -> TokenTree:
@@ -397,18 +367,15 @@ class TreeAcceptance:
     path_slots: torch.Tensor  # (B, K+1) verify-block slot behind each committed token
 
 
-def _path_to(tree: TokenTree, leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The root path (B, K) to ``leaf`` (B,) (-1: the root itself), -1 padded, and its length (B,)."""
-    batch, k = leaf.shape[0], tree.k
-    path = leaf.new_full((batch, k + 1), -1)  # (B, K+1): column K collects rows already at the root
-    node = leaf
-    length = torch.where(leaf >= 0, tree.depth.gather(1, leaf.clamp(min=0)[:, None])[:, 0], 0)  # (B,)
-    for _ in range(k):
-        live = node >= 0  # (B,)
-        depth = tree.depth.gather(1, node.clamp(min=0)[:, None])[:, 0]  # (B,)
-        path.scatter_(1, torch.where(live, depth - 1, k)[:, None], node[:, None])
-        node = torch.where(live, tree.parents.gather(1, node.clamp(min=0)[:, None])[:, 0], -1)  # (B,)
-    return path[:, :k], length
+def _path_to(tree: TokenTree, leaf: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The root path (B, K) to ``leaf`` (B,) (-1: the root itself), -1 padded, and its length (B,);
+    ``seen`` (B, N, N) is ``tree_attention(tree)``: a node's row holds its root path."""
+    batch, n, k = leaf.shape[0], tree.num_nodes, tree.k
+    members = seen.gather(1, leaf.clamp(min=0)[:, None, None].expand(-1, 1, n))[:, 0] & (leaf >= 0)[:, None]  # (B, N)
+    path = leaf.new_full((batch, k + 1), -1)  # (B, K+1): column K collects the nodes off the path
+    index = torch.arange(n, device=leaf.device).expand(batch, -1)  # (B, N)
+    path.scatter_(1, torch.where(members, tree.depth - 1, k), index)  # one node per depth along a path
+    return path[:, :k], members.sum(1)
 
 
 def _path_slots(path: torch.Tensor, num_accepted: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -430,14 +397,12 @@ def greedy_accept(tree: TokenTree, target_choice: torch.Tensor) -> TreeAcceptanc
     """
     batch, n = tree.tokens.shape
     correct = tree.tokens == target_choice.gather(1, tree.parents + 1)  # (B, N)
-    on_path = correct
-    for _ in range(tree.k - 1):  # a node is on an accepted path iff it and its parent's chain are correct
-        padded = torch.cat([torch.ones_like(on_path[:, :1]), on_path], dim=1)  # (B, 1+N): the root is accepted
-        on_path = correct & padded.gather(1, tree.parents + 1)  # (B, N)
+    seen = tree_attention(tree)  # (B, N, N): node i's row = its root path (ancestors and itself)
+    on_path = ~(seen & ~correct[:, None, :]).any(-1)  # (B, N) every node of its root path is correct
     index = torch.arange(n, device=tree.tokens.device)  # (N,)
     key = torch.where(on_path, tree.depth * (n + 1) + (n - index), 0)  # (B, N) deepest, then lowest index
     leaf = torch.where(key.amax(1) > 0, key.argmax(1), -1)  # (B,)
-    path, num_accepted = _path_to(tree, leaf)  # (B, K), (B,)
+    path, num_accepted = _path_to(tree, leaf, seen)  # (B, K), (B,)
     path_slots = _path_slots(path, num_accepted, n)  # (B, K+1)
     chunk = target_choice.gather(1, path_slots)  # (B, K+1): accepted tokens equal the target's choices
     return TreeAcceptance(path, num_accepted, chunk, num_accepted + 1, path_slots)
@@ -487,7 +452,7 @@ def sampling_accept(tree: TokenTree, q: torch.Tensor, target_probs: torch.Tensor
         p = torch.where((tried & ~accept)[:, None], residual_distribution(p, q_j), p)
         p = torch.where(accept[:, None], target_probs[:, 1 + j].float(), p)
         cur = torch.where(accept, j, cur)
-    path, num_accepted = _path_to(tree, cur)  # (B, K), (B,)
+    path, num_accepted = _path_to(tree, cur, tree_attention(tree))  # (B, K), (B,)
     last = torch.multinomial(p, 1, generator=generator)  # (B, 1) recovered or bonus token from the final p
     chunk = torch.where(path >= 0, tree.tokens.gather(1, path.clamp(min=0)), 0)  # (B, K)
     chunk = torch.cat([chunk, torch.zeros_like(last)], dim=1).scatter(1, num_accepted[:, None], last)  # (B, K+1)

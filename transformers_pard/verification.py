@@ -19,8 +19,9 @@ import torch
 
 from .drafting import DraftLogits
 from .scoring import Scorer
-from .tree import (TokenTree, dynamic_trees, greedy_accept, ngram_continuation, sampled_tree, sampling_accept,
-                   shape_attention, static_shape, static_tree, verify_layout, with_chain)
+from .lookup import LookupStore, lookup_continuation
+from .tree import (TokenTree, dynamic_trees, greedy_accept, sampled_tree, sampling_accept, shape_attention,
+                   static_shape, static_tree, verify_layout, with_chain)
 
 
 @dataclass
@@ -35,18 +36,34 @@ class VerifyInput:
 
 @dataclass
 class Verdict:
-    """A round's outcome: the committed ``chunk`` (B, K+1) of ``length`` (B,) tokens and their processed
-    ``scores`` (B, K+1, V); ``path_slots`` (B, K+1): the verify slot behind each committed token when it
-    is not simply its column (token trees), else None."""
+    """A round's outcome: the committed ``chunk`` (B, K+1) of ``length`` (B,) tokens, and the processed
+    scores of the verify forward by verify slot, ``slot_scores`` (B, T, V); ``path_slots`` (B, K+1): the
+    verify slot behind each committed token when it is not simply its column (token trees), else None."""
 
     chunk: torch.Tensor
     length: torch.Tensor
-    scores: torch.Tensor
+    slot_scores: torch.Tensor
     path_slots: torch.Tensor | None = None
     lookup_accepted: torch.Tensor | None = None  # (B,) accepted tokens that came from a tree's lookup branch
 
-    def __iter__(self):  # chunk, length, scores = verdict
-        return iter((self.chunk, self.length, self.scores))
+    def scores(self) -> torch.Tensor:
+        """The processed scores behind each committed token (B, K+1, V): a copy for a tree, so only
+        gathered where they are kept (``output_scores``) or read (stopping criteria)."""
+        return along_path(self.slot_scores, self.path_slots)
+
+
+def along_path(values: torch.Tensor | None, path_slots: torch.Tensor | None) -> torch.Tensor | None:
+    """``values`` (B, T, D) of a verify forward at the slots behind the committed tokens (B, K+1, D)."""
+    if values is None or path_slots is None:
+        return values
+    return values.gather(1, path_slots[..., None].expand(-1, -1, values.shape[-1]))
+
+
+def greedy_choice(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(-1)`` (the first maximum, like stock ``generate``'s greedy step), through ``max``:
+    the same indices (documented tie rule; tested), ~3x faster on a CPU (one thread, 9 x 49,152 fp32:
+    0.19 ms against 0.57)."""
+    return scores.max(-1).indices
 
 
 class ChainVerifier:
@@ -66,12 +83,12 @@ class GreedyVerifier(ChainVerifier):
     """Draft: argmax of the draft's logits. Accept: while the target's processed argmax agrees."""
 
     def propose(self, state, draft: DraftLogits):
-        return draft.target_ids(draft.values.argmax(-1)), None  # (B, K), no q needed
+        return draft.target_ids(greedy_choice(draft.values)), None  # (B, K), no q needed
 
     def accept(self, state, draft_tokens, q, target_logits) -> Verdict:
         """chunk (B, K+1), length (B,), scores (B, K+1, V)."""
         scores = self.scorer.scores(state, draft_tokens, target_logits)  # (B, K+1, V)
-        target_choice = scores.argmax(-1)  # (B, K+1)
+        target_choice = greedy_choice(scores)  # (B, K+1)
         agree = draft_tokens == target_choice[:, :-1]  # (B, K)
         num_accepted = agree.long().cumprod(dim=1).sum(dim=1)  # (B,)
         # The accepted drafts equal the target's choices, so the chunk is the target's choices.
@@ -159,14 +176,15 @@ class TreeVerifier:
 
     ``lookup`` = L > 0 gives part of the N nodes to a lookup branch (``tree.with_chain``): the row's own
     text continued after the latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt
-    lookup). How many, per row and round, from what the lookup found: nothing recurs -> none (the draft's
-    tree keeps all N); its longest n-gram (``lookup_ngram`` tokens) recurs -> ``min(K, N - 1)`` (the text
-    very likely repeats: the draft keeps one node); a shorter one -> L. Every row still verifies N nodes."""
+    lookup), or ``store``'s continuation where the own text matched less (``lookup.lookup_continuation``).
+    How many, per row and round, from what the lookup found: nothing -> none (the draft's tree keeps all
+    N); the own text's longest n-gram (``lookup_ngram`` tokens) -> ``min(K, N - 1)`` (the text very likely
+    repeats: the draft keeps one node); a shorter one, or the store's -> L. Every row verifies N nodes."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
-                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3):
+                 static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3, store: LookupStore | None = None):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
-        self.lookup, self.lookup_ngram = lookup, lookup_ngram
+        self.lookup, self.lookup_ngram, self.store = lookup, lookup_ngram, store
         self.lookup_long = max(min(k, budget - 1), lookup)  # the branch after a full-length match
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
@@ -208,13 +226,13 @@ class TreeVerifier:
         if not self.lookup:
             return build((self.budget,))[self.budget]
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
-        continuation, matched = ngram_continuation(state.tokens, state.pad, end, length=self.lookup_long,
-                                                   max_ngram=self.lookup_ngram)  # (B, L'), (B,)
+        found = lookup_continuation(state.tokens, state.pad, end, length=self.lookup_long, max_ngram=self.lookup_ngram,
+                                    store=self.store)  # (B, L') candidates, the evidence per row
         trees = build(tuple(self.shapes))  # the draft's trees of N, N - L and N - L' nodes
-        short = with_chain(trees[self.budget - self.lookup], continuation[:, : self.lookup])
-        long = with_chain(trees[self.budget - self.lookup_long], continuation)
-        tree = _select_rows(matched >= self.lookup_ngram, long, short)
-        return _select_rows(matched == 0, trees[self.budget], tree)
+        short = with_chain(trees[self.budget - self.lookup], found.tokens[:, : self.lookup])
+        long = with_chain(trees[self.budget - self.lookup_long], found.tokens)
+        tree = _select_rows(found.own_ngram >= self.lookup_ngram, long, short)  # the store never earns the long share
+        return _select_rows((found.own_ngram == 0) & ~found.from_store, trees[self.budget], tree)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
         """Whether K slots of C columns each hold every draft tree used (a small subset head may not)."""
@@ -250,11 +268,10 @@ class TreeVerifier:
         if self.sampling:
             verdict = sampling_accept(proposal, q, torch.softmax(scores, -1))
         else:
-            verdict = greedy_accept(proposal, scores.argmax(-1))
-        along = verdict.path_slots[..., None].expand(-1, -1, scores.shape[-1])  # (B, K+1, V)
+            verdict = greedy_accept(proposal, greedy_choice(scores))
         first = verdict.path[:, :1]  # (B, 1) the path's first node, -1 if none
         via_lookup = (first[:, 0] >= 0) & (proposal.rank.gather(1, first.clamp(min=0))[:, 0] < 0)  # (B,) lookup branch
-        return Verdict(verdict.chunk, verdict.length, scores.gather(1, along), verdict.path_slots,
+        return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
                        torch.where(via_lookup, verdict.num_accepted, 0))
 
 

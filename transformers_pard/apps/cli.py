@@ -71,7 +71,7 @@ def run_settings(args: argparse.Namespace, methods: list[str]) -> dict:
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
             "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "lookup_nodes": lookup_nodes(args),
-            "prompts": args.prompts, "limit": args.limit}
+            "lookup_store": args.lookup_store, "prompts": args.prompts, "limit": args.limit}
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -88,7 +88,7 @@ def bench(args: argparse.Namespace) -> None:
     drafts = load_drafts(args, methods, target, settings)
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
                     min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes,
-                    lookup_nodes=lookup_nodes(args))
+                    lookup_nodes=lookup_nodes(args), lookup_store=args.lookup_store)
     results = run_benchmark(runner, prompts, methods,
                             progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
@@ -148,6 +148,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookup-nodes", type=int, default=None,
                    help="of the tree's nodes, those of its lookup branch (the text's own n-gram continuation; at most "
                         "K, below --tree-nodes; default 4): the bench's pard-lookup methods, and the demo's PARD (0: none)")
+    p.add_argument("--lookup-store", action=argparse.BooleanOptionalAction, default=True,
+                   help="the lookup branch also reads the draft's lookup store (its folder's pard_lookup.safetensors, "
+                        "if any) where the text itself does not repeat; --no-lookup-store: the text only")
 
 
 def add_demo_parser(sub) -> None:

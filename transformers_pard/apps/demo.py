@@ -31,7 +31,8 @@ def pard_kwargs(draft, args: argparse.Namespace) -> dict:
     chain = {"pard_draft": draft, "num_assistant_tokens": args.k}
     if args.tree_nodes <= 0:
         return chain
-    return {**chain, "pard_tree": args.tree_nodes, "pard_lookup": lookup_nodes(args)}
+    tree = {**chain, "pard_tree": args.tree_nodes, "pard_lookup": lookup_nodes(args)}
+    return tree if args.lookup_store or not lookup_nodes(args) else {**tree, "pard_lookup_store": False}
 
 
 DEFAULT_LOOKUP_NODES = 4

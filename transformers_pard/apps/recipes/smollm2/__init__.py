@@ -7,7 +7,7 @@ Stages, one module each (each resumable; all of them: ``python -m transformers_p
    PARD-2) training with COD; the run's ``TrainSettings`` recorded in ``recipe.json``;
 3. ``evaluate`` (stage ``eval``) -- tau of the draft against the target on the held-out prompts;
 4. ``export`` -- the compact bf16 draft folder shipped with the package, with its model card;
-   ``subset`` gives an existing draft a vocabulary-subset head (no training).
+   ``subset`` gives an existing draft a vocabulary-subset head (no training), ``store`` a lookup store.
 
 ``common`` holds what they share. The command's flags are the fields of ``common.RecipeOptions`` and
 ``common.TrainSettings`` (``recipe_flags``, transformers' ``HfArgumentParser``); ``run_stage`` runs one
@@ -36,7 +36,7 @@ from .common import (
 )
 from .data import data_stage, instruct_stage
 from .evaluate import eval_stage
-from .export import export_stage, model_card, recipe_commands, subset_stage
+from .export import export_stage, model_card, recipe_commands, store_stage, subset_stage
 from .train import FreezeEmbeddingExceptMask, build_cut_draft, full_draft_folder, hidden_state_stats, train_config
 from .train import train_stage
 
@@ -44,7 +44,7 @@ __all__ = [
     "DATA_FILE", "HELDOUT_FILE", "MASK_TOKEN", "PARD2_LAYERS", "PARD2_SCALE", "RECIPE_FILE", "FreezeEmbeddingExceptMask",
     "RecipeOptions", "TrainSettings", "add_recipe_arguments", "build_cut_draft", "data_stage", "eval_stage",
     "export_stage", "full_draft_folder", "hidden_state_stats", "model_card", "recipe_commands", "recipe_flags",
-    "run_dir_name", "run_stage", "subset_stage", "train_config", "train_stage",
+    "run_dir_name", "run_stage", "store_stage", "subset_stage", "train_config", "train_stage",
 ]
 
 
@@ -61,7 +61,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> None:
-    """Run one stage ("data", "instruct", "train", "eval", "export" or "subset") of a parsed ``recipe`` command line."""
+    """Run one stage ("data", "instruct", "train", "eval", "export", "subset" or "store") of a parsed ``recipe`` command line."""
     settings = TrainSettings(**flag_values(TrainSettings, args))
     run = dict(k=settings.k, num_layers=settings.num_layers, pard2=settings.pard2, run_name=settings.run_name)
     if stage == "data":
@@ -80,5 +80,9 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
                              "and --vocab-subset N.")
         print(subset_stage(args.out, draft_dir=settings.init_from, size=settings.vocab_subset,
                            export_dir=args.export_dir, max_length=settings.max_length))
+    elif stage == "store":
+        if not settings.init_from:
+            raise ValueError("--stage store gives an existing draft a lookup store: pass --init-from DRAFT_FOLDER.")
+        print(store_stage(args.out, draft_dir=settings.init_from, export_dir=args.export_dir, max_length=settings.max_length))
     else:
         print(export_stage(args.out, export_dir=args.export_dir, **run))

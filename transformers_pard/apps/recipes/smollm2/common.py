@@ -24,7 +24,7 @@ TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE)
 HELDOUT_FILE = "heldout_prompts.jsonl"
 RECIPE_FILE = "recipe.json"  # the train-stage settings of a run, quoted by its model card
 MASK_TOKEN = "<empty_output>"  # a special token SmolLM2's chat data never uses: the PARD mask
-STAGES = ("data", "instruct", "train", "eval", "export", "subset", "all")
+STAGES = ("data", "instruct", "train", "eval", "export", "subset", "store", "all")
 DTYPES = ("auto", "fp32", "bf16")
 
 #: SmolLM2's PARD-2 features: the final (normed) hidden state and layer 11's output. The published
@@ -52,7 +52,7 @@ class RecipeOptions:
     train_prompts: int | None = field(default=None, metadata=_help(
         "data stage: answer only the first N training prompts (held-out split unchanged)"))
     export_dir: str | None = field(default=None, metadata=_help(
-        "export / subset stage: output folder (subset: default the --init-from folder itself)"))
+        "export / subset / store stage: output folder (subset, store: default the --init-from folder itself)"))
     num_questions: int = field(default=1280, metadata=_help(
         "instruct stage: requests the target writes itself (math, code, questions), then answers"))
     meta_prompts: str = field(default="short", metadata=_help(

@@ -4,6 +4,10 @@ quotes the measured tau and the train commands that made the draft (``recipe_com
 
 Stage ``subset``: an existing draft folder given a vocabulary-subset head without training (the ``N``
 most frequent label tokens of the run's training data, chosen by the trainer's own rule).
+
+Stage ``store``: an existing draft folder given a lookup store (``lookup.LookupStore``): the run's
+training texts (prompts and the target's own answers, chat-formatted as the draft was trained on them),
+for the token tree's lookup branch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ....draft_io import save_compact_draft
+from ....lookup import LookupStore
 from ....pard2 import load_projection
 from ....training.data import load_training_examples
 from ....training.subset import label_tokens, subset_ids
@@ -159,4 +164,25 @@ def subset_stage(out_dir: str, *, draft_dir: str, size: int, export_dir: str | N
                     f"(`pard_vocab.safetensors`; {held / max(total, 1):.2%} of its tokens), added after training by "
                     f"`{COMMAND} --stage subset --out {out_dir} --init-from <this folder> --vocab-subset {size}`; the draft never "
                     "proposes another id.\n")
+    return export_dir
+
+
+def store_stage(out_dir: str, *, draft_dir: str, export_dir: str | None = None,
+                max_length: int = TrainSettings.max_length) -> str:
+    """``draft_dir`` copied to ``export_dir`` (default: in place) with a lookup store of ``out_dir``'s
+    training texts (``pard_lookup.safetensors``). The weights are unchanged; the card records the store
+    and the command."""
+    export_dir = export_dir or draft_dir
+    if os.path.abspath(export_dir) != os.path.abspath(draft_dir):
+        shutil.copytree(draft_dir, export_dir, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
+    examples = load_training_examples(training_files(out_dir), tokenizer, max_length=max_length)
+    store = LookupStore.from_texts([list(example["input_ids"]) for example in examples])
+    store.save(export_dir)
+    card = os.path.join(export_dir, "README.md")
+    if os.path.exists(card):
+        with open(card, "a") as f:
+            f.write(f"* Lookup store: the {len(examples):,} training texts ({len(store):,} tokens; `pard_lookup.safetensors`), "
+                    f"the lookup branch's candidates where the text itself does not repeat (`pard_lookup=L`), added by "
+                    f"`{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.\n")
     return export_dir
