@@ -4,11 +4,12 @@ never the benchmark's). Unlike the teacher-forced replays (tf_tau.py, slot_topk.
 gets: rounds start where the previous one ended. Every output is checked against the target's cached
 greedy answer (greedy_cache.py).
 
-    python benchmarks/engine_tau.py [--limit 12] [--draft DIR] [--store DIR|none] \\
-        --configs chain tree:8 lookup:8:4 lookup:8:4:own
+    python benchmarks/engine_tau.py [--limit 12] [--offset 0] [--draft DIR] [--store DIR] \\
+        --configs chain tree:8 lookup:8:4 lookup:8:4:store
 
 ``chain`` = K draft tokens; ``tree:N`` = an N-node tree; ``lookup:N:L`` = N nodes with an L-node lookup branch
-(the draft's store, or ``--store`` DIR's ``pard_lookup.safetensors``); ``lookup:N:L:own`` = the row's own text only.
+(the row's own text); ``lookup:N:L:store`` = the same with a lookup store (``--store`` DIR's
+``pard_lookup.safetensors``, else the draft's own).
 """
 import argparse
 import json
@@ -43,14 +44,14 @@ store = LookupStore.load(args.store) if args.store else None
 
 def keywords(config: str) -> dict:
     kind, *numbers = config.split(":")
-    own = numbers[-1:] == ["own"]
-    numbers = [int(n) for n in numbers if n != "own"]
+    stored = numbers[-1:] == ["store"]
+    numbers = [int(n) for n in numbers if n != "store"]
     if kind == "chain":
         return {}
     if kind == "tree":
         return {"pard_tree": numbers[0]}
     lookup = {"pard_tree": numbers[0], "pard_lookup": numbers[1]}
-    return {**lookup, "pard_lookup_store": False} if own else {**lookup, **({"pard_lookup_store": store} if store else {})}
+    return {**lookup, "pard_lookup_store": store or True} if stored else lookup
 
 
 for config in args.configs:

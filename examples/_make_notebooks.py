@@ -71,7 +71,9 @@ print({phase: f"{1e3 * seconds:.1f} ms" for phase, seconds in timed.pard_stats.p
     ("markdown", """
 A token tree verifies several candidates per position in the same target forward (`pard_tree=N` nodes);
 `pard_lookup=L` puts a lookup branch among them, the text's own continuation after the latest earlier
-occurrence of its last tokens (the fastest setting on the project's CPU bench: `pard_tree=8, pard_lookup=4`):
+occurrence of its last tokens, or where that is shorter, the continuation in the draft's lookup store (the
+target's own answers, shipped with the draft; `pard_lookup_store=False` for none). The fastest setting on the
+project's CPU bench: `pard_tree=8, pard_lookup=4`:
 """),
     ("code", """
 tree = target.generate(ids, pard_draft=draft, max_new_tokens=32, do_sample=False, return_dict_in_generate=True,

@@ -189,9 +189,9 @@ def test_runner_builds_each_methods_call(runner, target):
         assert kwargs == {"max_new_tokens": NEW, "do_sample": False, **extra}, method
     with pytest.raises(ValueError, match="Unknown method 'beam'"):
         runner.kwargs("beam")
-    text_only = Runner(target, runner.tokenizer, draft=runner.draft, k=K, max_new_tokens=NEW, lookup_store=False)
-    assert text_only.kwargs("pard-lookup")[1] == {"max_new_tokens": NEW, "do_sample": False, **expected["pard-lookup"],
-                                                  "pard_lookup_store": False}  # --no-lookup-store: the text only
+    stored = Runner(target, runner.tokenizer, draft=runner.draft, k=K, max_new_tokens=NEW, lookup_store=True)
+    assert stored.kwargs("pard-lookup")[1] == {"max_new_tokens": NEW, "do_sample": False, **expected["pard-lookup"],
+                                               "pard_lookup_store": True}  # --lookup-store: the draft's store too
 
 
 def test_compiled_methods_share_one_compiled_copy(target, tokenizer):

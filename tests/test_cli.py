@@ -186,7 +186,7 @@ def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):
         "target": saved.target, "draft": saved.compact_draft, "ar_draft": saved.ar_draft,
         "pard2_draft": saved.pard2_draft, "methods": methods, "k": 2, "max_new_tokens": 6, "dtype": "fp32", "draft_dtype": "auto",
         "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 8, "lookup_nodes": 2,
-        "lookup_store": True, "prompts": [saved.prompts],
+        "lookup_store": False, "prompts": [saved.prompts],
         "limit": 2}
     models = report["models"]
     assert set(models) == {"target", "draft", "ar_draft", "pard2_draft"}

@@ -575,16 +575,16 @@ def test_a_lookup_store_that_holds_the_answer_raises_tau(targets):
     draft = perturbed_pard_draft(target, seed=2, noise=2.0)
     call = dict(max_new_tokens=32, pard_draft=draft, num_assistant_tokens=8, pard_tree=8, pard_lookup=4,
                 pard_min_tau=None, return_dict_in_generate=True)
-    own = target.generate(ids, pard_lookup_store=False, **call)
+    own = target.generate(ids, **call)
     store = LookupStore.from_texts(expected.tolist())
-    attach_lookup_store(draft, store)  # the draft's own store is the default
-    stored = target.generate(ids, **call)
     explicit = target.generate(ids, pard_lookup_store=store, **call)
-    for run in (own, stored, explicit):
+    attach_lookup_store(draft, store)  # pard_lookup_store=True: the draft's own store
+    carried = target.generate(ids, pard_lookup_store=True, **call)
+    for run in (own, explicit, carried):
         assert torch.equal(run.sequences, expected)
-    assert stored.pard_stats.tau > own.pard_stats.tau and stored.pard_stats.tau == explicit.pard_stats.tau
-    assert stored.pard_stats.lookup_tokens > own.pard_stats.lookup_tokens
-    assert target.generate(ids, pard_lookup_store=False, **call).pard_stats.tau == own.pard_stats.tau
+    assert explicit.pard_stats.tau > own.pard_stats.tau and carried.pard_stats.tau == explicit.pard_stats.tau
+    assert explicit.pard_stats.lookup_tokens > own.pard_stats.lookup_tokens
+    assert target.generate(ids, **call).pard_stats.tau == own.pard_stats.tau  # off unless asked for
 
 
 def test_a_tree_accepts_more_than_the_chain_with_the_same_draft(targets):
@@ -622,7 +622,9 @@ def test_tree_refuses_what_it_cannot_honour(targets):
         target.generate(ids, pard_draft=draft, pard_tree=12, pard_lookup=5, num_assistant_tokens=4, max_new_tokens=3)
     with pytest.raises(ValueError, match="below pard_tree=4"):
         target.generate(ids, pard_draft=draft, pard_tree=4, pard_lookup=4, num_assistant_tokens=8, max_new_tokens=3)
-    with pytest.raises(ValueError, match="pard_lookup_store takes a transformers_pard.LookupStore"):
+    with pytest.raises(ValueError, match="this draft carries none"):
+        target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=2, pard_lookup_store=True, max_new_tokens=3)
+    with pytest.raises(ValueError, match="pard_lookup_store takes True"):
         target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=2, pard_lookup_store=[[1, 2]], max_new_tokens=3)
     with pytest.raises(ValueError, match="read by the lookup branch only: pass pard_lookup=L"):
         target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup_store=LookupStore.from_texts([[4, 5]]),

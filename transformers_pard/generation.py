@@ -14,8 +14,8 @@ when the draft carries a projection matching the target, else independent); ``ar
 draft: AR+, plain decoding through the engine's static cache and compiled forwards);
 ``pard_timing=True`` (``pard_stats.phase_seconds``: time per phase); ``pard_tree=N`` (verify a token
 tree of N candidates per round instead of a chain); ``pard_lookup=L`` (L of them a lookup branch: the
-text's own n-gram continuation, or the lookup store's); ``pard_lookup_store`` (None = the draft's own
-store, False = none, or a ``LookupStore``).
+text's own n-gram continuation, or the lookup store's); ``pard_lookup_store`` (True = the draft's own
+store, a ``LookupStore``, or None = none).
 """
 
 from __future__ import annotations
@@ -298,19 +298,25 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
 
 
 def _lookup_store(call_args, draft) -> LookupStore | None:
-    """``pard_lookup_store``: None = the draft's own store (if its folder shipped one), False = none (the
-    row's own text only), or a ``LookupStore``. Only a lookup branch reads it."""
+    """``pard_lookup_store``: None or False = none (the row's own text only, the default), True = the store
+    the draft's folder ships (``pard_lookup.safetensors``), or a ``LookupStore``. Only a lookup branch reads it.
+    Off by default: on the project's benchmark prompts the shipped store (the target's answers to the
+    recipe's prompts) did not raise tau (docs/results.md)."""
     store = call_args["pard_lookup_store"]
-    if store is None:
-        return lookup_store(draft) if call_args["pard_lookup"] else None
-    if store is False:
+    if store is None or store is False:
         return None
-    if not isinstance(store, LookupStore):
-        raise ValueError(f"pard_lookup_store takes a transformers_pard.LookupStore, False (no store) or None (the "
-                         f"draft's own), got {type(store).__name__}.")
     if not call_args["pard_lookup"]:
         raise ValueError("pard_lookup_store is read by the lookup branch only: pass pard_lookup=L (and pard_tree=N) "
                          "too, or drop pard_lookup_store.")
+    if store is True:
+        store = lookup_store(draft)
+        if store is None:
+            raise ValueError("pard_lookup_store=True reads the draft's own lookup store, but this draft carries none: "
+                             "pass a transformers_pard.LookupStore (LookupStore.from_texts(token_id_lists)), or save "
+                             "one into the draft folder (LookupStore.save(folder)).")
+    if not isinstance(store, LookupStore):
+        raise ValueError(f"pard_lookup_store takes True (the draft's store), a transformers_pard.LookupStore, or "
+                         f"None / False (none), got {type(store).__name__}.")
     return store
 
 

@@ -17,8 +17,8 @@ pard-compiled          PARD, ``enable_pard(..., compile=True)`` on a copy of the
 pard-tree              PARD verifying a token tree of ``--tree-nodes`` candidates per round (``pard_tree=N``)
 pard-tree-compiled     the same on the compiled copy
 pard-lookup            the same N nodes, ``--lookup-nodes`` L of them a lookup branch: the text's own n-gram
-                       continuation, or the draft's lookup store's (``pard_tree=N, pard_lookup=L``; the same verify
-                       width as pard-tree; ``--no-lookup-store``: the text's only)
+                       continuation (``pard_tree=N, pard_lookup=L``; the same verify width as pard-tree;
+                       ``--lookup-store``: or the draft's lookup store's)
 pard-lookup-compiled   the same on the compiled copy
 pard2                  a PARD-2 draft fed the target's hidden states
 pard2-independent      the same PARD-2 draft alone
@@ -161,7 +161,7 @@ class Runner:
 
     def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
                  max_new_tokens: int = 128, min_tau: float | None = None, phase_timing: bool = True,
-                 tree_nodes: int = 8, lookup_nodes: int = 4, lookup_store: bool = True):
+                 tree_nodes: int = 8, lookup_nodes: int = 4, lookup_store: bool = False):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
         self.pard2_draft, self.k, self.max_new_tokens = pard2_draft, k, max_new_tokens
         self.min_tau, self.phase_timing, self.tree_nodes = min_tau, phase_timing, tree_nodes
@@ -179,7 +179,7 @@ class Runner:
         common = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
         pard = {**common, "num_assistant_tokens": self.k, "pard_min_tau": self.min_tau}
         tree = {**pard, "pard_draft": self.draft, "pard_tree": self.tree_nodes}
-        lookup = {**tree, "pard_lookup": self.lookup_nodes, **({} if self.lookup_store else {"pard_lookup_store": False})}
+        lookup = {**tree, "pard_lookup": self.lookup_nodes, **({"pard_lookup_store": True} if self.lookup_store else {})}
         calls = {
             "plain": lambda: (self.target, common),
             "ar-plus": lambda: (self.target, {**common, "ar_plus": True}),

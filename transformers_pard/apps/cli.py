@@ -148,9 +148,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookup-nodes", type=int, default=None,
                    help="of the tree's nodes, those of its lookup branch (the text's own n-gram continuation; at most "
                         "K, below --tree-nodes; default 4): the bench's pard-lookup methods, and the demo's PARD (0: none)")
-    p.add_argument("--lookup-store", action=argparse.BooleanOptionalAction, default=True,
-                   help="the lookup branch also reads the draft's lookup store (its folder's pard_lookup.safetensors, "
-                        "if any) where the text itself does not repeat; --no-lookup-store: the text only")
+    p.add_argument("--lookup-store", action="store_true",
+                   help="the lookup branch also reads the draft's lookup store (its folder's pard_lookup.safetensors) "
+                        "where the text itself repeats less (pard_lookup_store=True); default: the text only")
 
 
 def add_demo_parser(sub) -> None:

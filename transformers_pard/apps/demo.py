@@ -32,7 +32,7 @@ def pard_kwargs(draft, args: argparse.Namespace) -> dict:
     if args.tree_nodes <= 0:
         return chain
     tree = {**chain, "pard_tree": args.tree_nodes, "pard_lookup": lookup_nodes(args)}
-    return tree if args.lookup_store or not lookup_nodes(args) else {**tree, "pard_lookup_store": False}
+    return {**tree, "pard_lookup_store": True} if args.lookup_store and lookup_nodes(args) else tree
 
 
 DEFAULT_LOOKUP_NODES = 4
