@@ -19,6 +19,7 @@ from transformers_pard.apps.recipes.smollm2 import (
     run_dir_name,
 )
 from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm, tiny_tokenizer
+from transformers_pard.training.data import load_training_examples
 from transformers_pard.vocab import load_vocab_subset
 
 MASK = 95
@@ -346,3 +347,23 @@ def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
     assert json.loads((tmp_path / "sub" / "config.json").read_text())["pard_vocab_size"] == 6
     assert "--stage subset" in (tmp_path / "sub" / "README.md").read_text()
     assert load_vocab_subset(str(shipped)) is None  # the source folder is left as it was
+
+
+def test_store_stage_gives_a_draft_its_training_texts_as_a_lookup_store(tmp_path):
+    from transformers_pard.lookup import LookupStore
+
+    draft = mark_as_pard_draft(build_cut_draft(tied_target(2), 1), mask_token_id=MASK)
+    shipped = tmp_path / "shipped"
+    draft.save_pretrained(shipped)
+    tiny_tokenizer().save_pretrained(shipped)
+    (shipped / "README.md").write_text("# card\n")
+    out = tmp_path / "data"
+    out.mkdir()
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "abba" * 6}]}] * 2
+    (out / smollm2.DATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = smollm2.store_stage(str(out), draft_dir=str(shipped), export_dir=str(tmp_path / "with-store"))
+    store = LookupStore.load(folder)
+    texts = [example["input_ids"] for example in load_training_examples([str(out / smollm2.DATA_FILE)], tiny_tokenizer())]
+    assert torch.equal(store.texts, LookupStore.from_texts(texts).texts)  # the chat-formatted training texts
+    assert "--stage store" in (tmp_path / "with-store" / "README.md").read_text()
+    assert LookupStore.load(str(shipped)) is None  # the source folder is left as it was

@@ -183,6 +183,6 @@ def store_stage(out_dir: str, *, draft_dir: str, export_dir: str | None = None,
     if os.path.exists(card):
         with open(card, "a") as f:
             f.write(f"* Lookup store: the {len(examples):,} training texts ({len(store):,} tokens; `pard_lookup.safetensors`), "
-                    f"the lookup branch's candidates where the text itself does not repeat (`pard_lookup=L`), added by "
-                    f"`{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.\n")
+                    f"the lookup branch's candidates where the text itself repeats less (`pard_lookup_store=True`), "
+                    f"added by `{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.\n")
     return export_dir
