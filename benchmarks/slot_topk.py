@@ -40,8 +40,8 @@ from transformers_pard.pard2 import draft_inputs_embeds, target_features
 from transformers_pard.training.collator import build_example, collate_examples
 from transformers_pard.training.data import load_prompts
 from transformers_pard.training.evaluate import prompt_ids
-from transformers_pard.tree import (TokenTree, dynamic_tree_from_topk, greedy_accept, ngram_continuation, static_shape,
-                                    with_chain)
+from transformers_pard.lookup import ngram_continuation
+from transformers_pard.tree import TokenTree, dynamic_tree_from_topk, greedy_accept, static_shape, with_chain
 
 from transformers_pard.apps.embedded import load_smollm2
 from transformers_pard.apps.recipes.prompts import build_prompt_records
@@ -173,7 +173,7 @@ LOOKUP = ((0, 8), (4, 4), (4, 8), (8, 4), (8, 8), (16, 8))  # (draft tree nodes,
 
 
 def lookup_tokens(sequence: list[int], start: int, rounds: int, length: int) -> torch.Tensor:
-    """Round p's lookup branch (``tree.ngram_continuation``, the engine's own) for every round start
+    """Round p's lookup branch (``lookup.ngram_continuation``, the engine's own) for every round start
     p = start-1 .. start-2+rounds at once: row i sees only ``x_0..x_p``, p = start-1+i (P, L)."""
     text = torch.tensor(sequence).expand(rounds, -1)  # (P, L_seq): past `end` never read
     end = start + torch.arange(rounds)  # (P,) one past round i's last real token

@@ -27,8 +27,8 @@ from .cache import PardStaticCache, cache_keyword
 from .drafting import DraftLogits, Drafter, draft_layout
 from .pard2 import target_features
 from .schedule import DraftSchedule
-from .verification import along_path
 from .timing import PhaseTimer
+from .verification import along_path
 
 
 @dataclass
