@@ -330,7 +330,8 @@ def test_data_stage_can_answer_a_subset_with_the_same_held_out_split(tmp_path, m
     assert seen[-1] == torch.float32
 
 
-def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
+def shipped_draft_and_data(tmp_path, answer: str, rows: int):
+    """A draft folder with a model card (``shipped``) and a recipe data folder of ``rows`` identical chats."""
     draft = mark_as_pard_draft(build_cut_draft(tied_target(2), 1), mask_token_id=MASK)
     shipped = tmp_path / "shipped"
     draft.save_pretrained(shipped)
@@ -338,8 +339,13 @@ def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
     (shipped / "README.md").write_text("# card\n")
     out = tmp_path / "data"
     out.mkdir()
-    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "aab"}]}] * 3
-    (out / smollm2.DATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}]}
+    (out / smollm2.DATA_FILE).write_text((json.dumps(chat) + "\n") * rows)
+    return shipped, out
+
+
+def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
+    shipped, out = shipped_draft_and_data(tmp_path, "aab", rows=3)
     folder = smollm2.subset_stage(str(out), draft_dir=str(shipped), size=6, export_dir=str(tmp_path / "sub"))
     ids = load_vocab_subset(folder)
     tok = tiny_tokenizer()
@@ -352,15 +358,7 @@ def test_subset_stage_gives_a_draft_the_most_frequent_answer_tokens(tmp_path):
 def test_store_stage_gives_a_draft_its_training_texts_as_a_lookup_store(tmp_path):
     from transformers_pard.lookup import LookupStore
 
-    draft = mark_as_pard_draft(build_cut_draft(tied_target(2), 1), mask_token_id=MASK)
-    shipped = tmp_path / "shipped"
-    draft.save_pretrained(shipped)
-    tiny_tokenizer().save_pretrained(shipped)
-    (shipped / "README.md").write_text("# card\n")
-    out = tmp_path / "data"
-    out.mkdir()
-    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "abba" * 6}]}] * 2
-    (out / smollm2.DATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shipped, out = shipped_draft_and_data(tmp_path, "abba" * 6, rows=2)
     folder = smollm2.store_stage(str(out), draft_dir=str(shipped), export_dir=str(tmp_path / "with-store"))
     store = LookupStore.load(folder)
     texts = [example["input_ids"] for example in load_training_examples([str(out / smollm2.DATA_FILE)], tiny_tokenizer())]

@@ -136,18 +136,32 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     return export_dir
 
 
+def _addon_folder(out_dir: str, draft_dir: str, export_dir: str | None, max_length: int):
+    """What an add-on stage (``subset``, ``store``) starts from: its output folder (``draft_dir`` copied to
+    ``export_dir``, or ``draft_dir`` itself), the draft's tokenizer, and ``out_dir``'s training examples."""
+    export_dir = export_dir or draft_dir
+    if os.path.abspath(export_dir) != os.path.abspath(draft_dir):
+        shutil.copytree(draft_dir, export_dir, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
+    return export_dir, tokenizer, load_training_examples(training_files(out_dir), tokenizer, max_length=max_length)
+
+
+def _append_to_card(export_dir: str, line: str) -> None:
+    """One more line on the folder's model card, if it has one."""
+    card = os.path.join(export_dir, "README.md")
+    if os.path.exists(card):
+        with open(card, "a") as f:
+            f.write(line + "\n")
+
+
 def subset_stage(out_dir: str, *, draft_dir: str, size: int, export_dir: str | None = None,
                  max_length: int = TrainSettings.max_length) -> str:
     """``draft_dir`` copied to ``export_dir`` (default: in place) with a vocabulary-subset head: the ``size``
     most frequent label tokens of ``out_dir``'s training files (``training.subset_ids``, EOS and the mask
     token always in). The weights are unchanged; the card records the subset and the command."""
-    export_dir = export_dir or draft_dir
-    if os.path.abspath(export_dir) != os.path.abspath(draft_dir):
-        shutil.copytree(draft_dir, export_dir, dirs_exist_ok=True)
+    export_dir, tokenizer, examples = _addon_folder(out_dir, draft_dir, export_dir, max_length)
     config_path = os.path.join(export_dir, "config.json")
     config = json.load(open(config_path))
-    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
-    examples = load_training_examples(training_files(out_dir), tokenizer, max_length=max_length)
     ids = subset_ids(examples, size, vocab_size=config["vocab_size"],
                      always=(tokenizer.eos_token_id, config.get("pard_token")))
     save_vocab_subset(export_dir, ids)
@@ -155,15 +169,12 @@ def subset_stage(out_dir: str, *, draft_dir: str, size: int, export_dir: str | N
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
-    card = os.path.join(export_dir, "README.md")
-    if os.path.exists(card):
-        kept, labels = set(ids.tolist()), [label_tokens(example) for example in examples]
-        held, total = sum(t in kept for tokens in labels for t in tokens), sum(map(len, labels))
-        with open(card, "a") as f:
-            f.write(f"* Output head: the {size} most frequent answer tokens of the training data only "
+    kept, labels = set(ids.tolist()), [label_tokens(example) for example in examples]
+    held, total = sum(t in kept for tokens in labels for t in tokens), sum(map(len, labels))
+    _append_to_card(export_dir, f"* Output head: the {size} most frequent answer tokens of the training data only "
                     f"(`pard_vocab.safetensors`; {held / max(total, 1):.2%} of its tokens), added after training by "
                     f"`{COMMAND} --stage subset --out {out_dir} --init-from <this folder> --vocab-subset {size}`; the draft never "
-                    "proposes another id.\n")
+                    "proposes another id.")
     return export_dir
 
 
@@ -172,17 +183,10 @@ def store_stage(out_dir: str, *, draft_dir: str, export_dir: str | None = None,
     """``draft_dir`` copied to ``export_dir`` (default: in place) with a lookup store of ``out_dir``'s
     training texts (``pard_lookup.safetensors``). The weights are unchanged; the card records the store
     and the command."""
-    export_dir = export_dir or draft_dir
-    if os.path.abspath(export_dir) != os.path.abspath(draft_dir):
-        shutil.copytree(draft_dir, export_dir, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
-    examples = load_training_examples(training_files(out_dir), tokenizer, max_length=max_length)
+    export_dir, _, examples = _addon_folder(out_dir, draft_dir, export_dir, max_length)
     store = LookupStore.from_texts([list(example["input_ids"]) for example in examples])
     store.save(export_dir)
-    card = os.path.join(export_dir, "README.md")
-    if os.path.exists(card):
-        with open(card, "a") as f:
-            f.write(f"* Lookup store: the {len(examples):,} training texts ({len(store):,} tokens; `pard_lookup.safetensors`), "
-                    f"the lookup branch's candidates where the text itself repeats less (`pard_lookup_store=True`), "
-                    f"added by `{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.\n")
+    _append_to_card(export_dir, f"* Lookup store: the {len(examples):,} training texts ({len(store):,} tokens; "
+                    f"`pard_lookup.safetensors`), the lookup branch's candidates where the text itself repeats less "
+                    f"(`pard_lookup_store=True`), added by `{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.")
     return export_dir
