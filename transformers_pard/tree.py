@@ -385,7 +385,7 @@ def _path_slots(path: torch.Tensor, num_accepted: torch.Tensor, num_nodes: int) 
     return torch.where(cols <= num_accepted[:, None], along, cols.clamp(max=num_nodes))
 
 
-def greedy_accept(tree: TokenTree, target_choice: torch.Tensor) -> TreeAcceptance:
+def greedy_accept(tree: TokenTree, target_choice: torch.Tensor, *, ancestors: torch.Tensor | None = None) -> TreeAcceptance:
     """The longest root path whose every node token equals the target's choice at its parent.
 
     ``target_choice`` (B, 1+N): the target's processed argmax at the root (index 0) and at every node
@@ -393,11 +393,12 @@ def greedy_accept(tree: TokenTree, target_choice: torch.Tensor) -> TreeAcceptanc
     + 1]``; the path ends at the deepest node whose ancestors are all correct (lowest index on ties,
     which only duplicate siblings can cause). ``chunk`` = the path's tokens + the target's choice at
     its last node (at the root if a = 0): the same contract as ``GreedyVerifier.accept``, and on a
-    chain-shaped tree (N = K, node i = d_{i+1}) the very same chunk and length.
+    chain-shaped tree (N = K, node i = d_{i+1}) the very same chunk and length. ``ancestors``: the
+    tree's ``tree_attention`` when the caller has it already (a static shape's ``shape_attention``).
     """
     batch, n = tree.tokens.shape
     correct = tree.tokens == target_choice.gather(1, tree.parents + 1)  # (B, N)
-    seen = tree_attention(tree)  # (B, N, N): node i's row = its root path (ancestors and itself)
+    seen = tree_attention(tree) if ancestors is None else ancestors  # (B, N, N): node i's row = its root path
     on_path = ~(seen & ~correct[:, None, :]).any(-1)  # (B, N) every node of its root path is correct
     index = torch.arange(n, device=tree.tokens.device)  # (N,)
     key = torch.where(on_path, tree.depth * (n + 1) + (n - index), 0)  # (B, N) deepest, then lowest index

@@ -268,7 +268,9 @@ class TreeVerifier:
         if self.sampling:
             verdict = sampling_accept(proposal, q, torch.softmax(scores, -1))
         else:
-            verdict = greedy_accept(proposal, greedy_choice(scores))
+            known = None if self.node_attention is None else self.node_attention.to(scores.device).expand(
+                proposal.batch_size, -1, -1)  # (B, N, N) the static shape's, built once
+            verdict = greedy_accept(proposal, greedy_choice(scores), ancestors=known)
         first = verdict.path[:, :1]  # (B, 1) the path's first node, -1 if none
         via_lookup = (first[:, 0] >= 0) & (proposal.rank.gather(1, first.clamp(min=0))[:, 0] < 0)  # (B,) lookup branch
         return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
