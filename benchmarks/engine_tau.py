@@ -7,8 +7,8 @@ greedy answer (greedy_cache.py).
     python benchmarks/engine_tau.py [--limit 12] [--offset 0] [--draft DIR] [--store DIR] \\
         --configs chain tree:8 lookup:8:4 lookup:8:4:store
 
-``chain`` = K draft tokens; ``tree:N`` = an N-node tree; ``lookup:N:L`` = N nodes with an L-node lookup branch
-(the row's own text); ``lookup:N:L:store`` = the same with a lookup store (``--store`` DIR's
+``chain`` = K draft tokens; ``tree:N`` = an N-node tree; ``lookup:N:L`` = N nodes and up to L lookup candidates
+(the row's own text; greedy: the ranked tree); ``lookup:N:L:store`` = the same with a lookup store (``--store`` DIR's
 ``pard_lookup.safetensors``, else the draft's own).
 """
 import argparse

@@ -159,15 +159,15 @@ def test_demo_on_saved_folders_prints_plain_generates_answers(saved, capsys):
     assert len(re.findall(r"\[tau \d+\.\d\d, identical to plain generate: True\]", out)) == len(demo.DEMO_PROMPTS)
     assert re.search(r"^warm-up [\d.]+ s \(no torch.compile\): excluded from the timings below$", out, re.MULTILINE)
     summary = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes, 2 of them a lookup branch\): [\d.]+ tok/s \| speedup [\d.]+x \| "
+    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes, up to 2 of them lookup candidates\): [\d.]+ tok/s \| speedup [\d.]+x \| "
                         r"tau [\d.]+ \| outputs identical: True", summary)
 
 
 @pytest.mark.parametrize("command", ["demo", "bench"])
 def test_a_lookup_branch_the_tree_cannot_hold_is_refused_before_loading(command, tmp_path):
     extra = ["--prompts", str(tmp_path / "absent.jsonl"), "--methods", "plain,pard-lookup"] if command == "bench" else []
-    with pytest.raises(SystemExit, match=r"--lookup-nodes 8: the lookup branch takes 0 \.\. min\(K, --tree-nodes - 1\) = 7"):
-        cli.main([command, "--target", str(tmp_path / "absent"), "--tree-nodes", "8", "--lookup-nodes", "8", *extra])
+    with pytest.raises(SystemExit, match=r"--lookup-nodes 9: a round holds 0 \.\. K = 8 lookup candidates"):
+        cli.main([command, "--target", str(tmp_path / "absent"), "--tree-nodes", "8", "--lookup-nodes", "9", *extra])
 
 
 def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):

@@ -13,7 +13,7 @@ from scipy.stats import chisquare
 from transformers_pard import tree as tree_module
 from transformers_pard.scoring import Scorer
 from transformers_pard.tree import (
-    TokenTree, TreeShape, dynamic_tree, greedy_accept, sampled_tree, sampling_accept, shape_attention,
+    TokenTree, TreeShape, dynamic_tree, dynamic_tree_from_topk, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
     static_shape, static_tree, tree_attention, verify_layout, with_chain,
 )
 from transformers_pard.drafting import DraftLogits
@@ -275,6 +275,76 @@ def test_dynamic_trees_of_several_budgets_equal_one_tree_each(seed, batch, k, to
             assert torch.equal(getattr(trees[budget], field), getattr(one, field)), (budget, field)
 
 
+def _token_path(tree: TokenTree, b: int, node: int) -> list[int]:
+    path = []
+    while node >= 0:
+        path.append(int(tree.tokens[b, node]))
+        node = int(tree.parents[b, node])
+    return path[::-1]
+
+
+def ranked_reference(log_q, tokens, chain, chain_value, budget, weight, b) -> set[tuple[int, ...]]:
+    """Every draft token path (weight x summed log-probability) and every chain prefix (its value; the
+    larger where the two coincide); the ``budget`` best."""
+    k, top_n = log_q.shape[1:]
+    value = {}
+    for d in range(1, k + 1):
+        for ranks in itertools.product(range(top_n), repeat=d):
+            path = tuple(int(tokens[b, j, r]) for j, r in enumerate(ranks))
+            value[path] = weight * sum(float(log_q[b, j, r]) for j, r in enumerate(ranks))
+    for j in range(chain.shape[1]):
+        if math.isfinite(float(chain_value[b, j])):
+            path = tuple(chain[b, : j + 1].tolist())
+            value[path] = max(value.get(path, -math.inf), float(chain_value[b, j]))
+    return set(sorted(value, key=lambda p: -value[p])[:budget])
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), k=st.integers(1, 4), top_n=st.integers(1, 3),
+       weight=st.sampled_from([0.5, 1.0, 2.0]), data=st.data())
+def test_ranked_tree_equals_the_slow_reference(seed, batch, k, top_n, weight, data):
+    generator = torch.Generator().manual_seed(seed)
+    budget = data.draw(st.integers(1, min(sum(top_n**d for d in range(1, k + 1)), 12)))
+    length = data.draw(st.integers(1, k))
+    log_q, tokens = (3 * torch.randn(batch, k, 5, generator=generator)).log_softmax(-1).topk(top_n, dim=-1)
+    # the chain: the draft's top tokens where a coin says so (shared nodes), else other ids (its own nodes)
+    agree = torch.rand(batch, length, generator=generator) < 0.6
+    chain = torch.where(agree, tokens[:, :length, 0], torch.randint(5, 8, (batch, length), generator=generator))
+    chain_value = (-torch.rand(batch, length, generator=generator)).cumsum(1)  # (B, L) falling along the chain
+    chain_value[torch.rand(batch, generator=generator) < 0.3] = -torch.inf  # rows the lookup found nothing for
+    tree = ranked_tree(log_q, tokens, chain, chain_value, budget=budget, draft_weight=weight)
+    tree.check()
+    assert tree.tokens.shape == (batch, budget)
+    for b in range(batch):
+        paths = [tuple(_token_path(tree, b, i)) for i in range(budget)]
+        assert len(set(paths)) == budget  # a trie: no path twice
+        assert set(paths) == ranked_reference(log_q, tokens, chain, chain_value, budget, weight, b)
+
+
+def test_ranked_tree_without_a_chain_is_the_dynamic_tree():
+    log_q, tokens = torch.randn(3, 4, 9).log_softmax(-1).topk(3, dim=-1)
+    tree = ranked_tree(log_q, tokens, tokens[:, :2, 0], torch.full((3, 2), -torch.inf), budget=7)
+    one = dynamic_tree_from_topk(log_q, tokens, budget=7)
+    for field in ("tokens", "parents", "depth", "rank"):
+        assert torch.equal(getattr(tree, field), getattr(one, field)), field
+
+
+def test_ranked_tree_hangs_a_sure_chain_under_the_shared_nodes():
+    log_q = torch.tensor([[[0.6, 0.35], [0.5, 0.4], [0.5, 0.2]]]).log()  # (1, K=3, 2)
+    tokens = torch.tensor([[[10, 11], [20, 21], [30, 31]]])
+    chain = torch.tensor([[10, 21, 99]])  # the draft's top-1, then its second token, then a token it lacks
+    tree = ranked_tree(log_q, tokens, chain, torch.tensor([[0.95, 0.9, 0.85]]).log(), budget=4)
+    tree.check()
+    paths = {tuple(_token_path(tree, 0, i)): int(tree.rank[0, i]) for i in range(4)}
+    assert paths == {(10,): 0, (10, 21): 1, (10, 21, 99): -1, (11,): 1}  # 99 is the chain's own node (rank -1)
+
+
+def test_ranked_tree_refuses_a_chain_deeper_than_k():
+    log_q, tokens = torch.randn(1, 2, 5).log_softmax(-1).topk(2, dim=-1)
+    with pytest.raises(ValueError, match="1..K"):
+        ranked_tree(log_q, tokens, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3), budget=2)
+
+
 def test_dynamic_tree_rows_get_their_own_shape():
     logits = torch.full((2, 2, 4), -9.0)
     logits[0, 0, 0] = logits[0, 1, 0] = 9.0  # row 0: sure of both slots -> depth first
@@ -532,7 +602,7 @@ def test_greedy_tree_decoding_is_lossless(targets, arch, k, budget, lengths, max
     draft = perturbed_pard_draft(target, seed=seed, noise=0.5)
     if measured:  # a static shape from a per-slot table (ranks 1..3), else the dynamic tree
         draft.config.pard_tree_topk_accuracy = [[0.4, 0.5, 0.55], [0.25, 0.35, 0.4], [0.1, 0.2, 0.25]]
-    lookup = min(lookup, k, budget - 1)  # a lookup branch of up to K nodes, inside the budget
+    lookup = min(lookup, k)  # up to K lookup candidates, ranked against the draft's nodes (greedy)
     extra = {}
     if store and lookup:  # a store of the prompts and of random texts: candidates right and wrong
         noise = torch.randint(3, 90, (4, 12), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -560,6 +630,22 @@ def test_a_lookup_branch_accepts_more_on_repeating_text(targets):
     # the lookup branch's share is counted: some of the committed tokens, never more than were accepted
     stats = runs[8].pard_stats
     assert 0 < stats.lookup_tokens <= stats.committed_tokens - stats.row_rounds and runs[0].pard_stats.lookup_tokens == 0
+
+
+def test_ranked_lookup_leaves_a_sure_draft_its_nodes(targets):
+    """An always-right draft (one-hot q: path value log 1) outranks every lookup candidate, even on text
+    whose 3-gram recurs: the ranked tree takes no more rounds than the draft's chain (a fixed share did)."""
+    from transformers_pard.testing import OracleDraft, reference_by_position
+
+    target = targets["llama"]
+    ids = torch.tensor([[11, 12, 13, 14, 15, 16] * 3])
+    expected = target.generate(ids, max_new_tokens=24, do_sample=False)
+    draft = OracleDraft(target.config, reference_by_position(expected, torch.ones_like(ids), 0))
+    call = dict(max_new_tokens=24, pard_draft=draft, num_assistant_tokens=4, pard_min_tau=None, return_dict_in_generate=True)
+    chain, ranked = target.generate(ids, **call), target.generate(ids, pard_tree=4, pard_lookup=4, **call)
+    assert torch.equal(chain.sequences, expected) and torch.equal(ranked.sequences, expected)
+    assert ranked.pard_stats.row_rounds == chain.pard_stats.row_rounds == 5  # 24 tokens, 5 a round
+    assert ranked.pard_stats.lookup_tokens == 0
 
 
 def test_a_lookup_store_that_holds_the_answer_raises_tau(targets):
@@ -620,8 +706,9 @@ def test_tree_refuses_what_it_cannot_honour(targets):
         target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=-1, max_new_tokens=3)
     with pytest.raises(ValueError, match="at most K = 4"):
         target.generate(ids, pard_draft=draft, pard_tree=12, pard_lookup=5, num_assistant_tokens=4, max_new_tokens=3)
-    with pytest.raises(ValueError, match="below pard_tree=4"):
-        target.generate(ids, pard_draft=draft, pard_tree=4, pard_lookup=4, num_assistant_tokens=8, max_new_tokens=3)
+    with pytest.raises(ValueError, match="with sampling takes that many of the pard_tree=4 nodes"):
+        target.generate(ids, pard_draft=draft, pard_tree=4, pard_lookup=4, num_assistant_tokens=8, max_new_tokens=3,
+                        do_sample=True)
     with pytest.raises(ValueError, match="this draft carries none"):
         target.generate(ids, pard_draft=draft, pard_tree=8, pard_lookup=2, pard_lookup_store=True, max_new_tokens=3)
     with pytest.raises(ValueError, match="pard_lookup_store takes True"):

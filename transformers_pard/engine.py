@@ -53,9 +53,9 @@ class PardStats:
     wall_time_s: float = 0.0
     #: Token trees: candidate nodes verified per drafting round (N), else None (a chain of K).
     tree_nodes: int | None = None
-    #: Of those N, the nodes of the lookup branch (``pard_lookup``; 0: none).
+    #: The most lookup candidates a round's tree holds (``pard_lookup``; 0: none).
     lookup_nodes: int = 0
-    #: Committed tokens that were lookup-branch candidates (the rest of the accepted ones were the draft's).
+    #: Committed tokens that only the lookup candidates held (rank -1; a token the draft's nodes held too counts as the draft's).
     lookup_tokens: int = 0
     #: Seconds per phase ("prefill", "draft", "verify", "other") when asked (``pard_timing=True``), else None.
     phase_seconds: dict[str, float] | None = None

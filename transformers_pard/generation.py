@@ -13,9 +13,10 @@ drafts ("dependent" = fed the target's hidden states, "independent" = draft alon
 when the draft carries a projection matching the target, else independent); ``ar_plus=True`` (no
 draft: AR+, plain decoding through the engine's static cache and compiled forwards);
 ``pard_timing=True`` (``pard_stats.phase_seconds``: time per phase); ``pard_tree=N`` (verify a token
-tree of N candidates per round instead of a chain); ``pard_lookup=L`` (L of them a lookup branch: the
-text's own n-gram continuation, or the lookup store's); ``pard_lookup_store`` (True = the draft's own
-store, a ``LookupStore``, or None = none).
+tree of N candidates per round instead of a chain); ``pard_lookup=L`` (up to L of them lookup candidates:
+the text's own n-gram continuation, or the lookup store's; greedy: ranked against the draft's nodes by
+estimated acceptance, sampling: a fixed share); ``pard_lookup_store`` (True = the draft's own store, a
+``LookupStore``, or None = none).
 """
 
 from __future__ import annotations
@@ -271,20 +272,22 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
     """The chain verifiers, or ``TreeVerifier`` for ``pard_tree=N`` (checked here)."""
     budget, lookup = call_args["pard_tree"], call_args["pard_lookup"]
     if lookup is None or isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
-        raise ValueError(f"pard_lookup is the number of tree nodes given to the lookup branch (an integer >= 0), "
+        raise ValueError(f"pard_lookup is the most lookup candidates a round's tree holds (an integer >= 0), "
                          f"got {lookup!r}.")
     if budget is None:
         if lookup:
-            raise ValueError(f"pard_lookup={lookup} needs a token tree: pass pard_tree=N as well (the lookup branch "
-                             f"takes {lookup} of its N nodes), e.g. pard_tree={8 + lookup}, pard_lookup={lookup}.")
+            raise ValueError(f"pard_lookup={lookup} needs a token tree: pass pard_tree=N as well (the lookup "
+                             f"candidates are nodes of it), e.g. pard_tree=8, pard_lookup={lookup}.")
         return SamplingVerifier(scorer) if config.do_sample else GreedyVerifier(scorer)
     if draft is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"pard_tree is the number of tree nodes verified per round (an integer >= 1, with a "
                          f"pard_draft), got {budget!r}. Use None for a chain of K draft tokens.")
-    if lookup and not (lookup <= k and lookup < budget):
-        raise ValueError(f"pard_lookup={lookup} must be at most K = {k} (the tree's depth) and below "
-                         f"pard_tree={budget} (the draft keeps at least one node): lower pard_lookup or raise "
-                         f"pard_tree / K.")
+    if lookup > k:
+        raise ValueError(f"pard_lookup={lookup} must be at most K = {k} (the tree's depth): lower pard_lookup or "
+                         f"raise K (num_assistant_tokens).")
+    if lookup and config.do_sample and lookup >= budget:
+        raise ValueError(f"pard_lookup={lookup} with sampling takes that many of the pard_tree={budget} nodes, and "
+                         f"the draft keeps at least one: lower pard_lookup or raise pard_tree.")
     if not scorer.prefix_free:
         raise ValueError("pard_tree with prefix-dependent logits processors (repetition_penalty, no_repeat_ngram_size, "
                          "min_new_tokens, custom processors, ...) is not supported: every tree node has its own "

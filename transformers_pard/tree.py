@@ -53,7 +53,7 @@ import torch
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
     "dynamic_tree_from_topk", "dynamic_trees", "dynamic_trees_from_topk", "shape_attention",
-    "sampled_tree", "with_chain", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
+    "sampled_tree", "with_chain", "ranked_tree", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
 
@@ -293,6 +293,57 @@ def with_chain(tree: TokenTree, tokens: torch.Tensor) -> TokenTree:
     cat = lambda old, new: torch.cat([old, new.to(old.dtype)], dim=1)  # noqa: E731
     return TokenTree(cat(tree.tokens, tokens), cat(tree.parents, parents), cat(tree.depth, (steps + 1).expand(batch, -1)),
                      cat(tree.rank, torch.full_like(tokens, -1)), tree.k)
+
+
+def ranked_tree(log_q: torch.Tensor, candidates: torch.Tensor, lookup_tokens: torch.Tensor,
+                lookup_log_value: torch.Tensor, *, budget: int, draft_weight: float = 1.0) -> TokenTree:
+    """One tree over both sources, per row: the ``budget`` nodes of highest estimated acceptance among the
+    draft's nodes (EAGLE-2: ``draft_weight`` x the path log-probability, ``dynamic_tree``) and a lookup
+    chain (``lookup_tokens`` (B, L), its nodes' estimated log acceptance ``lookup_log_value`` (B, L),
+    non-increasing along the chain; -inf: no candidate).
+
+    The two sources share a trie: where the chain's first j tokens are a path of the draft's kept nodes,
+    those nodes hold the chain's estimate when it is higher (the same token, two pieces of evidence), and
+    the rest of the chain hangs under the last shared one. Every node's value is at most its parent's
+    (each source's own values fall along a path, and a shared node takes the larger), and ids put
+    parents first, so the N best (stable sort) always hold every chosen node's parent. A lookup-only
+    node gets rank -1. ``log_q``, ``candidates``: each slot's top-n (``dynamic_tree_from_topk``'s).
+    """
+    batch, k, _ = log_q.shape  # (B, K, n)
+    length = lookup_tokens.shape[1]
+    if not 1 <= length <= k:
+        raise ValueError(f"A lookup chain has 1..K = {k} nodes, got {length}.")
+    score, parent, depth, rank, tokens = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
+    if score.shape[1] < budget:
+        raise ValueError(f"K = {k} slots with top_n = {log_q.shape[2]} give only {score.shape[1]} nodes, "
+                         f"fewer than budget {budget}.")
+    shared = _shared_prefix(parent, depth, tokens, lookup_tokens)  # (B, L) draft node id, -1 where not shared
+    value = (draft_weight * score).scatter_reduce(
+        1, shared.clamp(min=0), torch.where(shared >= 0, lookup_log_value, -torch.inf), "amax")  # (B, T)
+    chain = torch.arange(length, device=log_q.device)  # (L,)
+    previous = torch.cat([shared.new_full((batch, 1), -1), shared[:, :-1]], dim=1)  # (B, L) parent if shared
+    own_parent = torch.where(chain == 0, -1, score.shape[1] + chain - 1).expand(batch, -1)  # (B, L)
+    lookup = (torch.where(shared >= 0, -torch.inf, lookup_log_value),  # a shared node is the draft's entry
+              torch.where(previous >= 0, previous, own_parent), (chain + 1).expand(batch, -1),
+              torch.full_like(lookup_tokens, -1), lookup_tokens)
+    layers = tuple(torch.cat([a, b.to(a.dtype)], dim=1) for a, b in zip((value, parent, depth, rank, tokens), lookup))
+    best = layers[0].sort(dim=1, descending=True, stable=True).indices[:, :budget]  # (B, N)
+    return _best_nodes(layers, best, k)
+
+
+def _shared_prefix(parent: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor,
+                   chain: torch.Tensor) -> torch.Tensor:
+    """(B, L): the id of the draft node that is the chain's first j+1 tokens (a trie: siblings differ), or -1
+    from the first token the draft's kept nodes do not hold."""
+    at = torch.full_like(chain[:, 0], -1)  # (B,) the shared node so far, -1 = the root
+    alive = torch.ones_like(at, dtype=torch.bool)  # (B,)
+    shared = []
+    for j in range(chain.shape[1]):
+        hit = (depth == j + 1) & (parent == at[:, None]) & (tokens == chain[:, j, None]) & alive[:, None]  # (B, T)
+        alive = hit.any(1)
+        at = torch.where(alive, hit.long().argmax(1), -1)
+        shared.append(at)
+    return torch.stack(shared, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import torch
 
 from .drafting import DraftLogits
 from .scoring import Scorer
-from .lookup import LookupStore, lookup_continuation
-from .tree import (TokenTree, dynamic_trees, greedy_accept, sampled_tree, sampling_accept, shape_attention,
+from .lookup import LookupStore, lookup_continuation, ranked_lookup
+from .tree import (TokenTree, dynamic_trees, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
                    static_shape, static_tree, verify_layout, with_chain)
 
 
@@ -44,7 +44,7 @@ class Verdict:
     length: torch.Tensor
     slot_scores: torch.Tensor
     path_slots: torch.Tensor | None = None
-    lookup_accepted: torch.Tensor | None = None  # (B,) accepted tokens that came from a tree's lookup branch
+    lookup_accepted: torch.Tensor | None = None  # (B,) accepted nodes only the lookup candidates held (rank -1)
 
     def scores(self) -> torch.Tensor:
         """The processed scores behind each committed token (B, K+1, V): a copy for a tree, so only
@@ -162,6 +162,12 @@ def expansion_width(budget: int, k: int, vocab: int, preferred: int) -> int:
     return width
 
 
+#: The draft's path log-probabilities are scaled by this before they compete with the lookup chain's
+#: estimated log acceptance (a calibration: engine tau of the shipped SmolLM2 draft on 12 held-out prompts,
+#: 8 nodes, weights 0.3 / 0.5 / 0.7 / 1.0 / 1.5 -> 1.919 / 1.966 / 1.981 / 1.966 / 1.933; docs/results.md).
+RANKED_DRAFT_WEIGHT = 0.7
+
+
 class TreeVerifier:
     """Verify a token tree of N nodes per row (``tree.py``) built from the K slot distributions of one
     draft forward, then accept the longest agreeing root path.
@@ -174,31 +180,38 @@ class TreeVerifier:
     rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
     Logits processors must not depend on the prefix (each node has its own).
 
-    ``lookup`` = L > 0 gives part of the N nodes to a lookup branch (``tree.with_chain``): the row's own
-    text continued after the latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt
-    lookup), or ``store``'s continuation where the own text matched less (``lookup.lookup_continuation``).
-    How many, per row and round, from what the lookup found: nothing -> none (the draft's tree keeps all
-    N); the own text's longest n-gram (``lookup_ngram`` tokens) -> ``min(K, N - 1)`` (the text very likely
-    repeats: the draft keeps one node); a shorter one, or the store's -> L. Every row verifies N nodes."""
+    ``lookup`` = L > 0 adds a lookup chain of up to L candidates: the row's own text continued after the
+    latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt lookup), or ``store``'s
+    continuation. Greedy: one ranked tree (``tree.ranked_tree``, ``_ranked``): the chain's candidates, valued by
+    how often their source and matched n-gram length are right (``lookup.ranked_lookup``), compete with the
+    draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their path log-probability, for all N; a chain that
+    starts like the draft's nodes shares them. A sure draft keeps its nodes, a sure chain takes them.
+    Sampling (the candidates must be fixed before the coin flips, ``tree.sampling_accept``): a lookup branch
+    (``tree.with_chain``) of the row's own text, or the store's where the own text matched less
+    (``lookup.lookup_continuation``), in a share that follows the match: nothing -> none (the draft's tree
+    keeps all N); the own text's longest n-gram -> ``min(K, N - 1)``; a shorter one, or the store's -> L.
+    Every row verifies N nodes."""
 
     def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
                  static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3, store: LookupStore | None = None):
         self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
         self.lookup, self.lookup_ngram, self.store = lookup, lookup_ngram, store
+        self.ranked = lookup > 0 and not sampling
         self.lookup_long = max(min(k, budget - 1), lookup)  # the branch after a full-length match
         self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
-        draft_nodes = {budget} | ({budget - lookup, budget - self.lookup_long} if lookup else set())
+        shares = {budget - lookup, budget - self.lookup_long} if lookup and sampling else set()
+        draft_nodes = {budget} | shares
         self.shapes = {n: self._shape(accuracy[:k], n, topk_accuracy is not None, static_min_nodes) for n in draft_nodes}
         shape = self.shapes[budget]  # with a lookup branch the layout differs from row to row: built per round
         self.node_attention = shape_attention(shape) if not lookup and shape is not None else None  # (N, N)
 
     @property
     def shape(self):
-        """The static shape of the draft's tree beside an L-node lookup branch (N - L nodes), or None."""
-        return self.shapes[self.budget - self.lookup]
+        """The static shape of the draft's tree (N nodes; N - L beside a sampled lookup branch), or None (dynamic)."""
+        return self.shapes[self.budget - self.lookup if self.lookup and self.sampling else self.budget]
 
     def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
         """The static shape of a draft tree of ``nodes`` (always, when sampling), else None (dynamic)."""
@@ -210,6 +223,8 @@ class TreeVerifier:
         return 1 + self.budget
 
     def propose(self, state, draft: DraftLogits):
+        if self.ranked:
+            return self._ranked(state, draft), None
         if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
             return self._tree(state, lambda counts: self._greedy_trees(draft.values, draft.target_ids, counts)), None
         draft_logits = draft.full()  # (B, K, V)
@@ -233,6 +248,21 @@ class TreeVerifier:
         long = with_chain(trees[self.budget - self.lookup_long], found.tokens)
         tree = _select_rows(found.own_ngram >= self.lookup_ngram, long, short)  # the store never earns the long share
         return _select_rows((found.own_ngram == 0) & ~found.from_store, trees[self.budget], tree)
+
+    def _ranked(self, state, draft: DraftLogits) -> TokenTree:
+        """The round's ``tree.ranked_tree``: the N best of the draft's (dynamic) nodes and the lookup chain."""
+        scores, target_ids = draft.values, draft.target_ids
+        k, columns = scores.shape[1:]
+        if self.scorer.processors or sum(min(self.budget, columns**d) for d in range(1, k + 1)) < self.budget:
+            empty = scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
+            scores, target_ids = self.scorer.scores(state, empty, draft.full()), lambda ids: ids  # (B, K, V)
+        top_n = expansion_width(self.budget, k, scores.shape[2], self.top_n)
+        log_q, columns = scores.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
+        end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
+        found = ranked_lookup(state.tokens, state.pad, end, length=min(self.lookup, self.budget),
+                              max_ngram=self.lookup_ngram, store=self.store)  # (B, L) candidates and values
+        return ranked_tree(log_q, target_ids(columns), found.tokens, found.log_value, budget=self.budget,
+                           draft_weight=RANKED_DRAFT_WEIGHT)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
         """Whether K slots of C columns each hold every draft tree used (a small subset head may not)."""
@@ -271,10 +301,9 @@ class TreeVerifier:
             known = None if self.node_attention is None else self.node_attention.to(scores.device).expand(
                 proposal.batch_size, -1, -1)  # (B, N, N) the static shape's, built once
             verdict = greedy_accept(proposal, greedy_choice(scores), ancestors=known)
-        first = verdict.path[:, :1]  # (B, 1) the path's first node, -1 if none
-        via_lookup = (first[:, 0] >= 0) & (proposal.rank.gather(1, first.clamp(min=0))[:, 0] < 0)  # (B,) lookup branch
+        lookup_only = proposal.rank.gather(1, verdict.path.clamp(min=0)) < 0  # (B, K) nodes only the lookup held
         return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
-                       torch.where(via_lookup, verdict.num_accepted, 0))
+                       ((verdict.path >= 0) & lookup_only).sum(1))
 
 
 def _select_rows(rows: torch.Tensor, chosen: TokenTree, other: TokenTree) -> TokenTree:

@@ -16,9 +16,9 @@ pard                   PARD, eager forwards
 pard-compiled          PARD, ``enable_pard(..., compile=True)`` on a copy of the target
 pard-tree              PARD verifying a token tree of ``--tree-nodes`` candidates per round (``pard_tree=N``)
 pard-tree-compiled     the same on the compiled copy
-pard-lookup            the same N nodes, ``--lookup-nodes`` L of them a lookup branch: the text's own n-gram
-                       continuation (``pard_tree=N, pard_lookup=L``; the same verify width as pard-tree;
-                       ``--lookup-store``: or the draft's lookup store's)
+pard-lookup            the same N nodes, up to ``--lookup-nodes`` L of them lookup candidates: the text's own
+                       n-gram continuation, ranked against the draft's nodes (``pard_tree=N, pard_lookup=L``;
+                       the same verify width as pard-tree; ``--lookup-store``: or the draft's lookup store's)
 pard-lookup-compiled   the same on the compiled copy
 pard2                  a PARD-2 draft fed the target's hidden states
 pard2-independent      the same PARD-2 draft alone
@@ -161,7 +161,7 @@ class Runner:
 
     def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
                  max_new_tokens: int = 128, min_tau: float | None = None, phase_timing: bool = True,
-                 tree_nodes: int = 8, lookup_nodes: int = 4, lookup_store: bool = False):
+                 tree_nodes: int = 8, lookup_nodes: int = 8, lookup_store: bool = False):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
         self.pard2_draft, self.k, self.max_new_tokens = pard2_draft, k, max_new_tokens
         self.min_tau, self.phase_timing, self.tree_nodes = min_tau, phase_timing, tree_nodes

@@ -146,11 +146,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="token-tree nodes verified per round (8: the chain's verify width at K=8): the bench's "
                         "pard-tree methods, and the demo's PARD (0 there: the chain)")
     p.add_argument("--lookup-nodes", type=int, default=None,
-                   help="of the tree's nodes, those of its lookup branch (the text's own n-gram continuation; at most "
-                        "K, below --tree-nodes; default 4): the bench's pard-lookup methods, and the demo's PARD (0: none)")
+                   help="the most lookup candidates (the text's own n-gram continuation) a round's tree holds, ranked "
+                        "against the draft's nodes (at most K; default min(K, --tree-nodes)): the bench's pard-lookup "
+                        "methods, and the demo's PARD (0: none)")
     p.add_argument("--lookup-store", action="store_true",
-                   help="the lookup branch also reads the draft's lookup store (its folder's pard_lookup.safetensors) "
-                        "where the text itself repeats less (pard_lookup_store=True); default: the text only")
+                   help="the lookup candidates also come from the draft's lookup store (its folder's "
+                        "pard_lookup.safetensors) where it is expected to do better than the text itself "
+                        "(pard_lookup_store=True); default: the text only")
 
 
 def add_demo_parser(sub) -> None:

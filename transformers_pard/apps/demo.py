@@ -26,8 +26,8 @@ DEMO_PROMPTS = [
 
 def pard_kwargs(draft, args: argparse.Namespace) -> dict:
     """The PARD ``generate`` keywords: K, and a token tree of ``--tree-nodes`` nodes unless 0 (the chain),
-    ``--lookup-nodes`` of them a lookup branch (docs/results.md: at the chain's verify width this beat both
-    the chain and the draft-only tree on our held-out prompts)."""
+    up to ``--lookup-nodes`` of them lookup candidates (docs/results.md: at the chain's verify width this beat
+    both the chain and the draft-only tree on our held-out prompts)."""
     chain = {"pard_draft": draft, "num_assistant_tokens": args.k}
     if args.tree_nodes <= 0:
         return chain
@@ -35,29 +35,26 @@ def pard_kwargs(draft, args: argparse.Namespace) -> dict:
     return {**tree, "pard_lookup_store": True} if args.lookup_store and lookup_nodes(args) else tree
 
 
-DEFAULT_LOOKUP_NODES = 4
-
-
 def lookup_nodes(args: argparse.Namespace) -> int:
-    """``--lookup-nodes``; by default 4, or fewer where K or the tree is smaller."""
+    """``--lookup-nodes``; by default min(K, --tree-nodes): a chain as long as the tree can hold, ranked
+    against the draft's nodes (docs/results.md: a shorter cap accepted less)."""
     if args.lookup_nodes is not None:
         return args.lookup_nodes
-    return max(min(DEFAULT_LOOKUP_NODES, args.k, args.tree_nodes - 1), 0)
+    return max(min(args.k, args.tree_nodes), 0)
 
 
 def check_tree_arguments(args: argparse.Namespace) -> None:
-    """Refuse a lookup branch the tree cannot hold before any model loads."""
+    """Refuse lookup candidates the tree cannot hold before any model loads."""
     lookup = lookup_nodes(args)
-    if args.tree_nodes > 0 and not (0 <= lookup < args.tree_nodes and lookup <= args.k):
-        raise SystemExit(f"--lookup-nodes {lookup}: the lookup branch takes 0 .. min(K, --tree-nodes - 1) = "
-                         f"{min(args.k, args.tree_nodes - 1)} of the tree's nodes (the draft keeps one at least, "
-                         f"and the branch is at most K deep).")
+    if args.tree_nodes > 0 and not 0 <= lookup <= args.k:
+        raise SystemExit(f"--lookup-nodes {lookup}: a round holds 0 .. K = {args.k} lookup candidates (a chain "
+                         f"at most K deep).")
 
 
 def pard_name(args: argparse.Namespace) -> str:
     if args.tree_nodes <= 0:
         return f"PARD (K={args.k})"
-    lookup = f", {lookup_nodes(args)} of them a lookup branch" if lookup_nodes(args) > 0 else ""
+    lookup = f", up to {lookup_nodes(args)} of them lookup candidates" if lookup_nodes(args) > 0 else ""
     return f"PARD (K={args.k}, tree of {args.tree_nodes} nodes{lookup})"
 
 
