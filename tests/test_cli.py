@@ -43,6 +43,20 @@ def test_demo_defaults():
     assert parse(["demo", "--no-compile"]).compile is False and not demo.use_compile(False, torch.device("cpu"))
 
 
+def test_lookup_defaults_follow_the_tree_and_the_draft():
+    from transformers_pard import LookupStore
+    from transformers_pard.lookup import attach_lookup_store
+
+    args = parse(["demo"])
+    assert demo.lookup_nodes(args) == 8 and demo.lookup_nodes(parse(["demo", "--k", "4"])) == 4  # min(K, N)
+    carrying, bare = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    attach_lookup_store(carrying, LookupStore.from_texts([[1, 2, 3, 4]]))
+    assert demo.store_on(args, carrying) and not demo.store_on(args, bare)  # on where the draft carries one
+    assert not demo.store_on(parse(["demo", "--no-lookup-store"]), carrying)
+    assert "pard_lookup_store" in demo.pard_kwargs(carrying, args) and "pard_lookup_store" not in demo.pard_kwargs(bare, args)
+    assert "the draft's store" in demo.pard_name(args, carrying) and "store" not in demo.pard_name(args, bare)
+
+
 def test_bench_defaults_and_values():
     args = parse(["bench", "--prompts", "a.jsonl", "b.jsonl"])
     assert args.prompts == ["a.jsonl", "b.jsonl"] and args.func is cli.bench
@@ -159,7 +173,7 @@ def test_demo_on_saved_folders_prints_plain_generates_answers(saved, capsys):
     assert len(re.findall(r"\[tau \d+\.\d\d, identical to plain generate: True\]", out)) == len(demo.DEMO_PROMPTS)
     assert re.search(r"^warm-up [\d.]+ s \(no torch.compile\): excluded from the timings below$", out, re.MULTILINE)
     summary = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes, up to 2 of them lookup candidates\): [\d.]+ tok/s \| speedup [\d.]+x \| "
+    assert re.fullmatch(r"plain generate: [\d.]+ tok/s \| PARD \(K=2, tree of 8 nodes, up to 2 of them lookup candidates \(the text\)\): [\d.]+ tok/s \| speedup [\d.]+x \| "
                         r"tau [\d.]+ \| outputs identical: True", summary)
 
 

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from .benchmark import METHODS, Runner, parse_methods, run_benchmark
-from .demo import check_tree_arguments, demo, lookup_nodes
+from .demo import check_tree_arguments, demo, lookup_nodes, store_on
 from .models import (
     ATTENTION,
     DEFAULT_DRAFT,
@@ -65,13 +65,13 @@ def load_drafts(args: argparse.Namespace, methods: list[str], target, settings: 
     return drafts
 
 
-def run_settings(args: argparse.Namespace, methods: list[str]) -> dict:
+def run_settings(args: argparse.Namespace, methods: list[str], draft=None) -> dict:
     """What was asked for, as given on the command line."""
     return {"target": args.target, "draft": args.draft, "ar_draft": args.ar_draft, "pard2_draft": args.pard2_draft,
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
             "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "lookup_nodes": lookup_nodes(args),
-            "lookup_store": args.lookup_store, "prompts": args.prompts, "limit": args.limit}
+            "lookup_store": store_on(args, draft), "prompts": args.prompts, "limit": args.limit}
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -88,12 +88,12 @@ def bench(args: argparse.Namespace) -> None:
     drafts = load_drafts(args, methods, target, settings)
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
                     min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes,
-                    lookup_nodes=lookup_nodes(args), lookup_store=args.lookup_store)
+                    lookup_nodes=lookup_nodes(args), lookup_store=store_on(args, drafts.get("draft")))
     results = run_benchmark(runner, prompts, methods,
                             progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
     device = next(target.parameters()).device
-    report = build_report(results, device=device, settings=run_settings(args, methods), command=args.command_line)
+    report = build_report(results, device=device, settings=run_settings(args, methods, drafts.get("draft")), command=args.command_line)
     report["models"] = {"target": describe(args.target, target, embedded=EMBEDDED_TARGET)}
     report["models"].update({name: describe(getattr(args, name), model, embedded=DEFAULT_DRAFT)
                              for name, model in drafts.items()})
@@ -149,10 +149,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="the most lookup candidates (the text's own n-gram continuation) a round's tree holds, ranked "
                         "against the draft's nodes (at most K; default min(K, --tree-nodes)): the bench's pard-lookup "
                         "methods, and the demo's PARD (0: none)")
-    p.add_argument("--lookup-store", action="store_true",
+    p.add_argument("--lookup-store", action=argparse.BooleanOptionalAction, default=None,
                    help="the lookup candidates also come from the draft's lookup store (its folder's "
                         "pard_lookup.safetensors) where it is expected to do better than the text itself "
-                        "(pard_lookup_store=True); default: the text only")
+                        "(pard_lookup_store=True); default: on when the draft carries one")
 
 
 def add_demo_parser(sub) -> None:

@@ -13,6 +13,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..lookup import lookup_store
 from ..modeling import enable_pard
 from .benchmark import chat_ids, timed_generate
 from .models import load_pard_draft, load_settings, load_target
@@ -32,7 +33,13 @@ def pard_kwargs(draft, args: argparse.Namespace) -> dict:
     if args.tree_nodes <= 0:
         return chain
     tree = {**chain, "pard_tree": args.tree_nodes, "pard_lookup": lookup_nodes(args)}
-    return {**tree, "pard_lookup_store": True} if args.lookup_store and lookup_nodes(args) else tree
+    return {**tree, "pard_lookup_store": True} if store_on(args, draft) and lookup_nodes(args) else tree
+
+
+def store_on(args: argparse.Namespace, draft) -> bool:
+    """``--lookup-store`` / ``--no-lookup-store``, or by default: on when the draft carries a lookup store
+    (docs/results.md: with the ranked tree it raised tau on our held-out prompts and the demo's)."""
+    return args.lookup_store if args.lookup_store is not None else lookup_store(draft) is not None
 
 
 def lookup_nodes(args: argparse.Namespace) -> int:
@@ -51,10 +58,11 @@ def check_tree_arguments(args: argparse.Namespace) -> None:
                          f"at most K deep).")
 
 
-def pard_name(args: argparse.Namespace) -> str:
+def pard_name(args: argparse.Namespace, draft) -> str:
     if args.tree_nodes <= 0:
         return f"PARD (K={args.k})"
-    lookup = f", up to {lookup_nodes(args)} of them lookup candidates" if lookup_nodes(args) > 0 else ""
+    store = " and the draft's store" if store_on(args, draft) else ""
+    lookup = f", up to {lookup_nodes(args)} of them lookup candidates (the text{store})" if lookup_nodes(args) > 0 else ""
     return f"PARD (K={args.k}, tree of {args.tree_nodes} nodes{lookup})"
 
 
@@ -109,6 +117,6 @@ def demo(args: argparse.Namespace) -> None:
         print(f"\n>>> {text}\n{tokenizer.decode(pard.sequences[0, ids.shape[1]:], skip_special_tokens=True)}")
         print(f"[tau {stats.tau:.2f}, identical to plain generate: {identical}]")
     plain_rate, pard_rate = tokens[0] / seconds[0], tokens[1] / seconds[1]
-    print(f"\nplain generate: {plain_rate:.1f} tok/s | {pard_name(args)}: {pard_rate:.1f} tok/s | "
+    print(f"\nplain generate: {plain_rate:.1f} tok/s | {pard_name(args, draft)}: {pard_rate:.1f} tok/s | "
           f"speedup {pard_rate / plain_rate:.2f}x | tau {committed / max(rounds, 1):.2f} | "
           f"outputs identical: {all_identical}")
