@@ -3,7 +3,7 @@ with the shipped draft (bf16 where native), `enable_pard(compile=True)`, 64 new 
 self-instruct prompt (runs/smollm2-si/heldout_instruct.jsonl, from `recipe smollm2 --stage instruct`).
 Inductor's generated kernels are named in the table (`cpp.enable_kernel_profile`).
 
-    python benchmarks/profile_round.py [--rows 30] [--tree-nodes 8 --lookup-nodes 4] [--python] [--threads 1]
+    python benchmarks/profile_round.py [--rows 30] [--tree-nodes 8 --lookup-nodes 8 [--lookup-store]] [--python] [--threads 1]
 
 ``--tree-nodes`` / ``--lookup-nodes``: the token tree (``pard_tree`` / ``pard_lookup``) instead of the chain.
 ``--python``: cProfile's cumulative table of the round's Python functions instead (where the host time
@@ -27,6 +27,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--rows", type=int, default=30)
 parser.add_argument("--tree-nodes", type=int, default=None)
 parser.add_argument("--lookup-nodes", type=int, default=None)
+parser.add_argument("--lookup-store", action="store_true", help="the draft's lookup store too (pard_lookup_store=True)")
 parser.add_argument("--python", action="store_true")
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -41,7 +42,8 @@ draft = load_draft("transformers_pard/assets/smollm2-pard-k8", target=target, dt
 prompt = json.loads(open("runs/smollm2-si/heldout_instruct.jsonl").readline())["data"]
 ids = tok(chat_prompt(tok, prompt), return_tensors="pt").input_ids
 kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, pard_draft=draft, pard_min_tau=None,
-              pard_tree=args.tree_nodes, pard_lookup=args.lookup_nodes)
+              pard_tree=args.tree_nodes, pard_lookup=args.lookup_nodes,
+              **({"pard_lookup_store": True} if args.lookup_store else {}))
 target.generate(ids, max_new_tokens=16, **kwargs)  # compile outside the profile
 call = dict(max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, pard_timing=True, **kwargs)
 if args.python:

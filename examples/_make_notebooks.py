@@ -70,16 +70,20 @@ print({phase: f"{1e3 * seconds:.1f} ms" for phase, seconds in timed.pard_stats.p
 """),
     ("markdown", """
 A token tree verifies several candidates per position in the same target forward (`pard_tree=N` nodes);
-`pard_lookup=L` puts a lookup branch among them, the text's own continuation after the latest earlier
-occurrence of its last tokens, or where that is shorter, the continuation in the draft's lookup store (the
-target's own answers, shipped with the draft; `pard_lookup_store=False` for none). The fastest setting on the
-project's CPU bench: `pard_tree=8, pard_lookup=4`:
+`pard_lookup=L` adds up to L lookup candidates, the text's own continuation after the latest earlier
+occurrence of its last tokens, and with `pard_lookup_store=True` the continuation in the draft's lookup store
+(the target's own answers, shipped with the draft). Greedy decoding ranks them against the draft's nodes by
+estimated acceptance and keeps the N best. The fastest setting on the project's CPU bench:
+`pard_tree=8, pard_lookup=8, pard_lookup_store=True`:
 """),
     ("code", """
+from transformers_pard.lookup import lookup_store
+
+store = {"pard_lookup_store": True} if lookup_store(draft) is not None else {}  # the shipped draft carries one
 tree = target.generate(ids, pard_draft=draft, max_new_tokens=32, do_sample=False, return_dict_in_generate=True,
-                       pard_tree=8, pard_lookup=4)
+                       pard_tree=8, pard_lookup=8, **store)
 assert torch.equal(tree.sequences, plain)
-print(f"tau = {tree.pard_stats.tau:.2f}, of which {tree.pard_stats.lookup_tokens} tokens came from the lookup branch")
+print(f"tau = {tree.pard_stats.tau:.2f}; {tree.pard_stats.lookup_tokens} tokens only the lookup candidates held")
 """),
     ("markdown", "The same draft through the `assistant_model=` argument, with sampling (lossless in distribution):"),
     ("code", """

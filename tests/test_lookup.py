@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from transformers_pard.lookup import (
     LOOKUP_FILE, OWN_RATES, SEPARATOR, STORE_RATES, LookupStore, attach_lookup_store, chain_log_value,
-    lookup_continuation, lookup_store, ngram_continuation, ranked_lookup,
+    lookup_chains, lookup_continuation, lookup_store, ngram_continuation,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -149,22 +149,22 @@ def test_chain_log_value_literal():
     torch.testing.assert_close(value[1:], torch.tensor([[0.5, 0.125, 0.03125], [0.8, 0.4, 0.2], [0.8, 0.4, 0.2]]))
 
 
-def test_ranked_lookup_takes_the_source_expected_to_get_more_accepted():
-    assert OWN_RATES[1][0] < STORE_RATES[4][0] and OWN_RATES[3][0] > STORE_RATES[4][0]  # what the rows below rest on
+def test_lookup_chains_hold_each_source_with_its_estimates():
     store = LookupStore.from_texts([[4, 5, 6, 7, 7, 7, 7, 7], [1, 2, 3, 9, 9, 9, 9]], max_ngram=4, horizon=4)
-    # row 0: its own text repeats "1 2 3" (n = 3), the store holds "1 2 3" too (n = 3): the own text's, rated higher
-    # row 1: its own text matches only "6" (n = 1); the store holds "4 5 6" (n = 3): the store's
+    # row 0: its own text repeats "1 2 3" (n = 3), the store holds "1 2 3" (n = 3) with another continuation
+    # row 1: its own text matches only "6" (n = 1); the store holds "4 5 6" (n = 3)
     # row 2: nothing in either: every value -inf
     tokens = torch.tensor([[1, 2, 3, 8, 1, 2, 3], [6, 0, 0, 0, 4, 5, 6], [20, 21, 22, 23, 24, 25, 26]])
     begin, end = torch.zeros(3, dtype=torch.long), torch.full((3,), 7)
-    found = ranked_lookup(tokens, begin, end, length=3, max_ngram=3, store=store)
-    assert found.from_store.tolist() == [False, True, False]
-    assert found.tokens[:2].tolist() == [[8, 1, 2], [7, 7, 7]]
-    expected = [chain_log_value(torch.tensor([3]), 3, rates)[0] for rates in (OWN_RATES, STORE_RATES)]
-    torch.testing.assert_close(found.log_value[:2], torch.stack(expected))
+    found = lookup_chains(tokens, begin, end, length=3, max_ngram=3, store=store)
+    assert found.tokens.shape == (3, 2, 3) and found.tokens[0].tolist() == [[8, 1, 2], [9, 9, 9]]
+    assert found.tokens[1, 1].tolist() == [7, 7, 7]
+    value = lambda n, rates: chain_log_value(torch.tensor([n]), 3, rates)[0]  # noqa: E731
+    expected = [[value(3, OWN_RATES), value(3, STORE_RATES)], [value(1, OWN_RATES), value(3, STORE_RATES)]]
+    torch.testing.assert_close(found.log_value[:2], torch.stack([torch.stack(row) for row in expected]))
     assert bool(torch.isinf(found.log_value[2]).all())
-    alone = ranked_lookup(tokens, begin, end, length=3, max_ngram=3)
-    assert not bool(alone.from_store.any()) and alone.tokens[0].tolist() == [8, 1, 2]
+    alone = lookup_chains(tokens, begin, end, length=3, max_ngram=3)
+    assert alone.tokens.shape == (3, 1, 3) and alone.tokens[0, 0].tolist() == [8, 1, 2]
 
 
 def test_a_draft_carries_its_store():

@@ -292,26 +292,32 @@ def ranked_reference(log_q, tokens, chain, chain_value, budget, weight, b) -> se
         for ranks in itertools.product(range(top_n), repeat=d):
             path = tuple(int(tokens[b, j, r]) for j, r in enumerate(ranks))
             value[path] = weight * sum(float(log_q[b, j, r]) for j, r in enumerate(ranks))
-    for j in range(chain.shape[1]):
-        if math.isfinite(float(chain_value[b, j])):
-            path = tuple(chain[b, : j + 1].tolist())
-            value[path] = max(value.get(path, -math.inf), float(chain_value[b, j]))
+    chains, chain_values = chain.reshape(chain.shape[0], -1, chain.shape[-1]), chain_value.reshape(chain.shape[0], -1, chain.shape[-1])
+    for one, one_value in zip(chains[b], chain_values[b]):
+        for j in range(one.shape[0]):
+            if math.isfinite(float(one_value[j])):
+                path = tuple(one[: j + 1].tolist())
+                value[path] = max(value.get(path, -math.inf), float(one_value[j]))
     return set(sorted(value, key=lambda p: -value[p])[:budget])
 
 
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), k=st.integers(1, 4), top_n=st.integers(1, 3),
-       weight=st.sampled_from([0.5, 1.0, 2.0]), data=st.data())
-def test_ranked_tree_equals_the_slow_reference(seed, batch, k, top_n, weight, data):
+       weight=st.sampled_from([0.5, 1.0, 2.0]), chains=st.sampled_from([None, 1, 2, 3]), data=st.data())
+def test_ranked_tree_equals_the_slow_reference(seed, batch, k, top_n, weight, chains, data):
     generator = torch.Generator().manual_seed(seed)
     budget = data.draw(st.integers(1, min(sum(top_n**d for d in range(1, k + 1)), 12)))
     length = data.draw(st.integers(1, k))
     log_q, tokens = (3 * torch.randn(batch, k, 5, generator=generator)).log_softmax(-1).topk(top_n, dim=-1)
-    # the chain: the draft's top tokens where a coin says so (shared nodes), else other ids (its own nodes)
-    agree = torch.rand(batch, length, generator=generator) < 0.6
-    chain = torch.where(agree, tokens[:, :length, 0], torch.randint(5, 8, (batch, length), generator=generator))
-    chain_value = (-torch.rand(batch, length, generator=generator)).cumsum(1)  # (B, L) falling along the chain
-    chain_value[torch.rand(batch, generator=generator) < 0.3] = -torch.inf  # rows the lookup found nothing for
+    # each chain: the draft's top tokens where a coin says so (shared nodes), else ids 5-6 (its own nodes,
+    # which the chains share among themselves now and then); chains=None: one chain as (B, L)
+    shape = (batch, chains or 1, length)
+    agree = torch.rand(shape, generator=generator) < 0.6
+    chain = torch.where(agree, tokens[:, None, :length, 0], torch.randint(5, 7, shape, generator=generator))
+    chain_value = (-torch.rand(shape, generator=generator)).cumsum(2)  # falling along each chain
+    chain_value[torch.rand(shape[:2], generator=generator) < 0.3] = -torch.inf  # chains that found nothing
+    if chains is None:
+        chain, chain_value = chain[:, 0], chain_value[:, 0]
     tree = ranked_tree(log_q, tokens, chain, chain_value, budget=budget, draft_weight=weight)
     tree.check()
     assert tree.tokens.shape == (batch, budget)

@@ -297,44 +297,55 @@ def with_chain(tree: TokenTree, tokens: torch.Tensor) -> TokenTree:
 
 def ranked_tree(log_q: torch.Tensor, candidates: torch.Tensor, lookup_tokens: torch.Tensor,
                 lookup_log_value: torch.Tensor, *, budget: int, draft_weight: float = 1.0) -> TokenTree:
-    """One tree over both sources, per row: the ``budget`` nodes of highest estimated acceptance among the
-    draft's nodes (EAGLE-2: ``draft_weight`` x the path log-probability, ``dynamic_tree``) and a lookup
-    chain (``lookup_tokens`` (B, L), its nodes' estimated log acceptance ``lookup_log_value`` (B, L),
-    non-increasing along the chain; -inf: no candidate).
+    """One tree over every source, per row: the ``budget`` nodes of highest estimated acceptance among the
+    draft's nodes (EAGLE-2: ``draft_weight`` x the path log-probability, ``dynamic_tree``) and C lookup
+    chains (``lookup_tokens`` (B, L) or (B, C, L); their nodes' estimated log acceptance
+    ``lookup_log_value``, the same shape, non-increasing along each chain; -inf: no candidate).
 
-    The two sources share a trie: where the chain's first j tokens are a path of the draft's kept nodes,
-    those nodes hold the chain's estimate when it is higher (the same token, two pieces of evidence), and
-    the rest of the chain hangs under the last shared one. Every node's value is at most its parent's
-    (each source's own values fall along a path, and a shared node takes the larger), and ids put
-    parents first, so the N best (stable sort) always hold every chosen node's parent. A lookup-only
-    node gets rank -1. ``log_q``, ``candidates``: each slot's top-n (``dynamic_tree_from_topk``'s).
+    All sources share one trie: where a chain's first j tokens are already a path (of the draft's kept
+    nodes, or of an earlier chain), those nodes hold the chain's estimate when it is higher (the same
+    token, two pieces of evidence), and the rest of the chain hangs under the last shared one. Every node's
+    value is at most its parent's (each source's own values fall along a path, and a shared node takes the
+    larger), and ids put parents first, so the N best (stable sort) always hold every chosen node's
+    parent. A lookup-only node gets rank -1. ``log_q``, ``candidates``: each slot's top-n
+    (``dynamic_tree_from_topk``'s).
     """
     batch, k, _ = log_q.shape  # (B, K, n)
-    length = lookup_tokens.shape[1]
-    if not 1 <= length <= k:
-        raise ValueError(f"A lookup chain has 1..K = {k} nodes, got {length}.")
+    chains = lookup_tokens.reshape(batch, -1, lookup_tokens.shape[-1])  # (B, C, L)
+    values = lookup_log_value.reshape(chains.shape)  # (B, C, L)
+    if not 1 <= chains.shape[2] <= k:
+        raise ValueError(f"A lookup chain has 1..K = {k} nodes, got {chains.shape[2]}.")
     score, parent, depth, rank, tokens = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
     if score.shape[1] < budget:
         raise ValueError(f"K = {k} slots with top_n = {log_q.shape[2]} give only {score.shape[1]} nodes, "
                          f"fewer than budget {budget}.")
-    shared = _shared_prefix(parent, depth, tokens, lookup_tokens)  # (B, L) draft node id, -1 where not shared
-    value = (draft_weight * score).scatter_reduce(
-        1, shared.clamp(min=0), torch.where(shared >= 0, lookup_log_value, -torch.inf), "amax")  # (B, T)
-    chain = torch.arange(length, device=log_q.device)  # (L,)
-    previous = torch.cat([shared.new_full((batch, 1), -1), shared[:, :-1]], dim=1)  # (B, L) parent if shared
-    own_parent = torch.where(chain == 0, -1, score.shape[1] + chain - 1).expand(batch, -1)  # (B, L)
-    lookup = (torch.where(shared >= 0, -torch.inf, lookup_log_value),  # a shared node is the draft's entry
-              torch.where(previous >= 0, previous, own_parent), (chain + 1).expand(batch, -1),
-              torch.full_like(lookup_tokens, -1), lookup_tokens)
-    layers = tuple(torch.cat([a, b.to(a.dtype)], dim=1) for a, b in zip((value, parent, depth, rank, tokens), lookup))
+    layers = (draft_weight * score, parent, depth, rank, tokens)
+    for c in range(chains.shape[1]):
+        layers = _merge_chain(layers, chains[:, c], values[:, c])
     best = layers[0].sort(dim=1, descending=True, stable=True).indices[:, :budget]  # (B, N)
     return _best_nodes(layers, best, k)
 
 
+def _merge_chain(layers, chain: torch.Tensor, chain_value: torch.Tensor):
+    """``layers`` (value, parent, depth, rank, token; (B, T) each) with one lookup chain (B, L) merged in:
+    shared nodes take the larger value; the chain's other nodes are appended (T .. T+L-1). A shared node's
+    own entry stays as a never-chosen duplicate (-inf, after every draft node) to keep ids simple."""
+    value, parent, depth, rank, tokens = layers
+    batch, length = chain.shape
+    shared = _shared_prefix(parent, depth, tokens, chain)  # (B, L) node id, -1 where not shared
+    value = value.scatter_reduce(1, shared.clamp(min=0), torch.where(shared >= 0, chain_value, -torch.inf), "amax")
+    steps = torch.arange(length, device=chain.device)  # (L,)
+    previous = torch.cat([shared.new_full((batch, 1), -1), shared[:, :-1]], dim=1)  # (B, L) parent if shared
+    own_parent = torch.where(steps == 0, -1, value.shape[1] + steps - 1).expand(batch, -1)  # (B, L)
+    appended = (torch.where(shared >= 0, -torch.inf, chain_value), torch.where(previous >= 0, previous, own_parent),
+                (steps + 1).expand(batch, -1), torch.full_like(chain, -1), chain)
+    return tuple(torch.cat([a, b.to(a.dtype)], dim=1) for a, b in zip((value, parent, depth, rank, tokens), appended))
+
+
 def _shared_prefix(parent: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor,
                    chain: torch.Tensor) -> torch.Tensor:
-    """(B, L): the id of the draft node that is the chain's first j+1 tokens (a trie: siblings differ), or -1
-    from the first token the draft's kept nodes do not hold."""
+    """(B, L): the id of the node that is the chain's first j+1 tokens (the lowest id: a duplicate comes after
+    its original), or -1 from the first token no node holds."""
     at = torch.full_like(chain[:, 0], -1)  # (B,) the shared node so far, -1 = the root
     alive = torch.ones_like(at, dtype=torch.bool)  # (B,)
     shared = []

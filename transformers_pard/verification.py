@@ -19,7 +19,7 @@ import torch
 
 from .drafting import DraftLogits
 from .scoring import Scorer
-from .lookup import LookupStore, lookup_continuation, ranked_lookup
+from .lookup import LookupStore, lookup_chains, lookup_continuation
 from .tree import (TokenTree, dynamic_trees, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
                    static_shape, static_tree, verify_layout, with_chain)
 
@@ -180,10 +180,11 @@ class TreeVerifier:
     rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
     Logits processors must not depend on the prefix (each node has its own).
 
-    ``lookup`` = L > 0 adds a lookup chain of up to L candidates: the row's own text continued after the
-    latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt lookup), or ``store``'s
-    continuation. Greedy: one ranked tree (``tree.ranked_tree``, ``_ranked``): the chain's candidates, valued by
-    how often their source and matched n-gram length are right (``lookup.ranked_lookup``), compete with the
+    ``lookup`` = L > 0 adds lookup chains of up to L candidates: the row's own text continued after the
+    latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt lookup), and ``store``'s
+    continuation. Greedy: one ranked tree (``tree.ranked_tree``, ``_ranked``): each source's chain, its
+    candidates valued by how often the source is right for the n-gram length it matched
+    (``lookup.lookup_chains``), competes with the
     draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their path log-probability, for all N; a chain that
     starts like the draft's nodes shares them. A sure draft keeps its nodes, a sure chain takes them.
     Sampling (the candidates must be fixed before the coin flips, ``tree.sampling_accept``): a lookup branch
@@ -259,8 +260,8 @@ class TreeVerifier:
         top_n = expansion_width(self.budget, k, scores.shape[2], self.top_n)
         log_q, columns = scores.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
-        found = ranked_lookup(state.tokens, state.pad, end, length=min(self.lookup, self.budget),
-                              max_ngram=self.lookup_ngram, store=self.store)  # (B, L) candidates and values
+        found = lookup_chains(state.tokens, state.pad, end, length=min(self.lookup, self.budget),
+                              max_ngram=self.lookup_ngram, store=self.store)  # (B, C, L) candidates and values
         return ranked_tree(log_q, target_ids(columns), found.tokens, found.log_value, budget=self.budget,
                            draft_weight=RANKED_DRAFT_WEIGHT)
 
