@@ -4,7 +4,7 @@ never the benchmark's). Unlike the teacher-forced replays (tf_tau.py, slot_topk.
 gets: rounds start where the previous one ended. Every output is checked against the target's cached
 greedy answer (greedy_cache.py).
 
-    python benchmarks/engine_tau.py [--limit 12] [--offset 0] [--draft DIR] [--store DIR] \\
+    python benchmarks/engine_tau.py [--limit 12] [--offset 0] [--draft DIR] [--store DIR] [--draft-weight W] \\
         --configs chain tree:8 lookup:8:4 lookup:8:4:store
 
 ``chain`` = K draft tokens; ``tree:N`` = an N-node tree; ``lookup:N:L`` = N nodes and up to L lookup candidates
@@ -17,7 +17,7 @@ import json
 import torch
 from greedy_cache import cached_answers
 
-from transformers_pard import LookupStore, enable_pard
+from transformers_pard import LookupStore, enable_pard, verification
 from transformers_pard.apps.embedded import load_smollm2
 from transformers_pard.draft_io import load_draft
 from transformers_pard.training import greedy_sequences, load_prompts
@@ -32,7 +32,11 @@ parser.add_argument("--offset", type=int, default=0, help="skip the first N prom
 parser.add_argument("--answers", type=int, default=40, help="the cached greedy answers' --limit")
 parser.add_argument("--k", type=int, default=8)
 parser.add_argument("--max-new-tokens", type=int, default=128)
+parser.add_argument("--draft-weight", type=float, default=None,
+                    help="the ranked tree's weight on the draft's path log-probabilities (verification.RANKED_DRAFT_WEIGHT)")
 args = parser.parse_args()
+if args.draft_weight is not None:
+    verification.RANKED_DRAFT_WEIGHT = args.draft_weight
 
 target, tokenizer = load_smollm2()
 enable_pard(target)

@@ -95,6 +95,17 @@ def test_store_continuation_equals_the_slow_reference(seed, vocab, num_texts, ma
             assert continuation[b].tolist() == expected
 
 
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 4), m=st.integers(1, 6), vocab=st.sampled_from([5, 70_000]))
+def test_suffix_hashes_are_each_suffixs_ngram_hash(seed, batch, m, vocab):
+    from transformers_pard.lookup import _ngram_hash, _suffix_hashes
+
+    text = torch.randint(0, vocab, (batch, m), generator=torch.Generator().manual_seed(seed))  # oldest first
+    keys = _suffix_hashes(text.flip(1))  # newest first
+    for n in range(1, m + 1):
+        assert torch.equal(keys[:, n - 1], _ngram_hash(text[:, m - n:], n))
+
+
 def test_store_continuation_literal():
     store = LookupStore.from_texts([[7, 8, 9, 1, 2, 3, 4], [5, 8, 9, 6, 6, 6, 6]], max_ngram=3, horizon=3)
     tokens = torch.tensor([[0, 4, 8, 9], [0, 5, 8, 9], [0, 0, 3, 3]])

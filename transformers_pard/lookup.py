@@ -150,18 +150,31 @@ class LookupStore:
         occurrence of the row's last n tokens (n = ``max_ngram`` down to 1, the longest found), and that n
         (0: none, tokens unspecified). Past ``horizon`` tokens the last one repeats."""
         texts, keys, follow = self.index(tokens.device)
-        best = torch.zeros_like(begin)  # (B,) where the continuation starts in texts
-        best_n = torch.zeros_like(begin)  # (B,)
         if keys.numel() == 0:  # texts too short to index: nothing ever matches
-            return tokens.new_zeros(tokens.shape[0], length), best_n
-        for n in range(self.max_ngram, 0, -1):
-            index = end[:, None] - n + torch.arange(n, device=tokens.device)  # (B, n)
-            key = _ngram_hash(tokens.gather(1, index.clamp(min=0)), n)  # (B,)
-            at = torch.searchsorted(keys, key).clamp(max=keys.numel() - 1)  # (B,)
-            found = (keys[at] == key) & (end - n >= begin) & (best_n == 0)  # (B,)
-            best, best_n = torch.where(found, follow[at], best), torch.where(found, n, best_n)
+            return tokens.new_zeros(tokens.shape[0], length), torch.zeros_like(begin)
+        n = torch.arange(1, self.max_ngram + 1, device=tokens.device)  # (M,)
+        last = tokens.gather(1, (end[:, None] - n).clamp(min=0))  # (B, M): column n-1 = the n-th token from the end
+        key = _suffix_hashes(last)  # (B, M): column n-1 = the key of the last n tokens
+        at = torch.searchsorted(keys, key).clamp(max=keys.numel() - 1)  # (B, M)
+        found = (keys[at] == key) & (end[:, None] - n >= begin[:, None])  # (B, M)
+        best_n = torch.where(found, n, 0).amax(1)  # (B,) the longest n found, 0: none
+        best = follow[at.gather(1, (best_n - 1).clamp(min=0)[:, None])[:, 0]]  # (B,) where its continuation starts
         steps = torch.arange(length, device=tokens.device).clamp(max=self.horizon - 1)  # (L,)
         return texts[best[:, None] + steps].clamp(min=0), best_n  # (B, L), (B,)
+
+
+def _suffix_hashes(last: torch.Tensor) -> torch.Tensor:
+    """``_ngram_hash`` of every suffix at once: ``last`` (B, M) holds a text's last M tokens newest first;
+    column n-1 of the result is the key of the last n. The same polynomial read from the newest token: the
+    n-gram t_1..t_n hashes to n b^n + sum_j (t_j + 1) b^(n-j) mod p, a running sum over the reversed tokens."""
+    m = last.shape[1]
+    halves = []
+    for modulus, base in zip(_MODULI, _BASES):
+        power = torch.tensor([pow(base, i, modulus) for i in range(m + 1)], device=last.device)  # (M+1,) b^i mod p
+        terms = (last + 1) * power[:m] % modulus  # (B, M): (t + 1) b^i, i = distance from the newest token
+        lengths = torch.arange(1, m + 1, device=last.device)  # (M,)
+        halves.append((terms.cumsum(1) + lengths * power[1:]) % modulus)  # (B, M)
+    return halves[0] * (1 << 31) + halves[1]  # (B, M) < 2**62
 
 
 def _build_index(texts: torch.Tensor, max_ngram: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,12 +227,18 @@ OWN_RATES = {1: (0.194, 0.676), 2: (0.524, 0.811), 3: (0.852, 0.919)}
 STORE_RATES = {1: (0.096, 0.25), 2: (0.268, 0.382), 3: (0.307, 0.494), 4: (0.524, 0.648)}
 
 
+_RATE_TABLES: dict = {}
+
+
 def _rate_table(rates: dict[int, tuple[float, float]], device) -> torch.Tensor:
-    """(max n + 1, 2) log rates by matched n; row 0 (no match) is -inf."""
-    table = torch.full((max(rates) + 1, 2), -torch.inf, device=device)
-    for n, (first, next_) in rates.items():
-        table[n] = torch.tensor([first, next_], device=device).log()
-    return table
+    """(max n + 1, 2) log rates by matched n; row 0 (no match) is -inf. Built once per table and device."""
+    key = (tuple(sorted(rates.items())), str(device))
+    if key not in _RATE_TABLES:
+        table = torch.full((max(rates) + 1, 2), -torch.inf)
+        for n, (first, next_) in rates.items():
+            table[n] = torch.tensor([first, next_]).log()
+        _RATE_TABLES[key] = table.to(device)
+    return _RATE_TABLES[key]
 
 
 def chain_log_value(matched: torch.Tensor, length: int, rates: dict[int, tuple[float, float]]) -> torch.Tensor:

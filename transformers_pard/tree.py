@@ -345,16 +345,22 @@ def _merge_chain(layers, chain: torch.Tensor, chain_value: torch.Tensor):
 def _shared_prefix(parent: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor,
                    chain: torch.Tensor) -> torch.Tensor:
     """(B, L): the id of the node that is the chain's first j+1 tokens (the lowest id: a duplicate comes after
-    its original), or -1 from the first token no node holds."""
-    at = torch.full_like(chain[:, 0], -1)  # (B,) the shared node so far, -1 = the root
-    alive = torch.ones_like(at, dtype=torch.bool)  # (B,)
-    shared = []
-    for j in range(chain.shape[1]):
-        hit = (depth == j + 1) & (parent == at[:, None]) & (tokens == chain[:, j, None]) & alive[:, None]  # (B, T)
-        alive = hit.any(1)
-        at = torch.where(alive, hit.long().argmax(1), -1)
-        shared.append(at)
-    return torch.stack(shared, dim=1)
+    its original), or -1 from the first token no node holds.
+
+    A node is on the chain when its token and every ancestor's are the chain's at their depths: its own
+    match, ANDed up its root path by pointer jumping (log2 L rounds of "and my ancestor's; skip to its
+    ancestor"), with no loop over the chain."""
+    length = chain.shape[1]
+    within = depth <= length  # (B, T)
+    on_chain = within & (tokens == chain.gather(1, (depth - 1).clamp(0, length - 1)))  # (B, T) its own token
+    ancestor = parent  # (B, T) -1: the root
+    for _ in range(max(length - 1, 0).bit_length()):
+        up = ancestor.clamp(min=0)
+        on_chain = on_chain & ((ancestor < 0) | on_chain.gather(1, up))  # (B, T)
+        ancestor = torch.where(ancestor < 0, -1, ancestor.gather(1, up))  # (B, T) twice as far up
+    level = torch.arange(1, length + 1, device=chain.device)  # (L,)
+    hit = on_chain[:, None, :] & (depth[:, None, :] == level[None, :, None])  # (B, L, T)
+    return torch.where(hit.any(2), hit.long().argmax(2), -1)  # (B, L)
 
 
 # ----------------------------------------------------------------------------------------------
