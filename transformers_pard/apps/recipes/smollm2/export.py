@@ -187,6 +187,6 @@ def store_stage(out_dir: str, *, draft_dir: str, export_dir: str | None = None,
     store = LookupStore.from_texts([list(example["input_ids"]) for example in examples])
     store.save(export_dir)
     _append_to_card(export_dir, f"* Lookup store: the {len(examples):,} training texts ({len(store):,} tokens; "
-                    f"`pard_lookup.safetensors`), the lookup branch's candidates where the text itself repeats less "
+                    f"`pard_lookup.safetensors`), a second source of lookup candidates beside the text itself "
                     f"(`pard_lookup_store=True`), added by `{COMMAND} --stage store --out {out_dir} --init-from <this folder>`.")
     return export_dir
