@@ -170,11 +170,29 @@ def _suffix_hashes(last: torch.Tensor) -> torch.Tensor:
     m = last.shape[1]
     halves = []
     for modulus, base in zip(_MODULI, _BASES):
-        power = torch.tensor([pow(base, i, modulus) for i in range(m + 1)], device=last.device)  # (M+1,) b^i mod p
+        power = _powers(base, modulus, m + 1, last.device)  # (M+1,) b^i mod p
         terms = (last + 1) * power[:m] % modulus  # (B, M): (t + 1) b^i, i = distance from the newest token
         lengths = torch.arange(1, m + 1, device=last.device)  # (M,)
         halves.append((terms.cumsum(1) + lengths * power[1:]) % modulus)  # (B, M)
     return halves[0] * (1 << 31) + halves[1]  # (B, M) < 2**62
+
+
+_CONSTANTS: dict = {}
+
+
+def _device_constant(key: tuple, device, build) -> torch.Tensor:
+    """``build()`` (a small constant tensor) on ``device``, built once per key and device: no host-to-device
+    copy a round."""
+    key = (*key, str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = build().to(device)
+    return _CONSTANTS[key]
+
+
+def _powers(base: int, modulus: int, count: int, device) -> torch.Tensor:
+    """(count,) b^i mod p."""
+    return _device_constant(("powers", base, modulus, count), device,
+                            lambda: torch.tensor([pow(base, i, modulus) for i in range(count)]))
 
 
 def _build_index(texts: torch.Tensor, max_ngram: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,18 +245,14 @@ OWN_RATES = {1: (0.194, 0.676), 2: (0.524, 0.811), 3: (0.852, 0.919)}
 STORE_RATES = {1: (0.096, 0.25), 2: (0.268, 0.382), 3: (0.307, 0.494), 4: (0.524, 0.648)}
 
 
-_RATE_TABLES: dict = {}
-
-
 def _rate_table(rates: dict[int, tuple[float, float]], device) -> torch.Tensor:
-    """(max n + 1, 2) log rates by matched n; row 0 (no match) is -inf. Built once per table and device."""
-    key = (tuple(sorted(rates.items())), str(device))
-    if key not in _RATE_TABLES:
+    """(max n + 1, 2) log rates by matched n; row 0 (no match) is -inf."""
+    def build():
         table = torch.full((max(rates) + 1, 2), -torch.inf)
         for n, (first, next_) in rates.items():
             table[n] = torch.tensor([first, next_]).log()
-        _RATE_TABLES[key] = table.to(device)
-    return _RATE_TABLES[key]
+        return table
+    return _device_constant(("rates", tuple(sorted(rates.items()))), device, build)
 
 
 def chain_log_value(matched: torch.Tensor, length: int, rates: dict[int, tuple[float, float]]) -> torch.Tensor:

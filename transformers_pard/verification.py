@@ -184,9 +184,9 @@ class TreeVerifier:
     latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt lookup), and ``store``'s
     continuation. Greedy: one ranked tree (``tree.ranked_tree``, ``_ranked``): each source's chain, its
     candidates valued by how often the source is right for the n-gram length it matched
-    (``lookup.lookup_chains``), competes with the
-    draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their path log-probability, for all N; a chain that
-    starts like the draft's nodes shares them. A sure draft keeps its nodes, a sure chain takes them.
+    (``lookup.lookup_chains``), competes with the draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their
+    path log-probability, for all N; a chain that starts like the draft's nodes shares them. A sure draft
+    keeps its nodes, a sure chain takes them.
     Sampling (the candidates must be fixed before the coin flips, ``tree.sampling_accept``): a lookup branch
     (``tree.with_chain``) of the row's own text, or the store's where the own text matched less
     (``lookup.lookup_continuation``), in a share that follows the match: nothing -> none (the draft's tree
@@ -251,7 +251,7 @@ class TreeVerifier:
         return _select_rows((found.own_ngram == 0) & ~found.from_store, trees[self.budget], tree)
 
     def _ranked(self, state, draft: DraftLogits) -> TokenTree:
-        """The round's ``tree.ranked_tree``: the N best of the draft's (dynamic) nodes and the lookup chain."""
+        """The round's ``tree.ranked_tree``: the N best of the draft's (dynamic) nodes and the lookup chains."""
         scores, target_ids = draft.values, draft.target_ids
         k, columns = scores.shape[1:]
         if self.scorer.processors or sum(min(self.budget, columns**d) for d in range(1, k + 1)) < self.budget:
