@@ -302,9 +302,9 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
 
 def _lookup_store(call_args, draft) -> LookupStore | None:
     """``pard_lookup_store``: None or False = none (the row's own text only, the default), True = the store
-    the draft's folder ships (``pard_lookup.safetensors``), or a ``LookupStore``. Only a lookup branch reads it.
-    Off by default: on the project's benchmark prompts the shipped store (the target's answers to the
-    recipe's prompts) did not raise tau (docs/results.md)."""
+    the draft's folder ships (``pard_lookup.safetensors``), or a ``LookupStore``. Only lookup candidates read it.
+    Off unless asked for: a store is data, whose fit to the user's text generate() cannot know (the CLI's demo
+    and bench read the shipped draft's by default, where it was measured; docs/results.md)."""
     store = call_args["pard_lookup_store"]
     if store is None or store is False:
         return None

@@ -209,14 +209,18 @@ def dynamic_tree_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *, bud
 def dynamic_trees_from_topk(log_q: torch.Tensor, candidates: torch.Tensor, *,
                             budgets: tuple[int, ...]) -> dict[int, TokenTree]:
     """``dynamic_trees`` given each slot's top-n already (as ``dynamic_tree_from_topk``)."""
-    batch, k, top_n = log_q.shape  # (B, K, n)
-    largest = max(budgets)
-    layers = _dynamic_layers(log_q, candidates, largest)  # (B, T) each
-    if layers[0].shape[1] < largest:
-        raise ValueError(f"K = {k} slots with top_n = {top_n} give only {layers[0].shape[1]} nodes, "
-                         f"fewer than budget {largest}.")
+    layers = _kept_layers(log_q, candidates, max(budgets))  # (B, T) each
     order = layers[0].sort(dim=1, descending=True, stable=True).indices  # (B, T) ids, best first
-    return {budget: _best_nodes(layers, order[:, :budget], k) for budget in budgets}
+    return {budget: _best_nodes(layers, order[:, :budget], log_q.shape[1]) for budget in budgets}
+
+
+def _kept_layers(log_q: torch.Tensor, candidates: torch.Tensor, budget: int):
+    """``_dynamic_layers``, refusing slots too narrow to hold ``budget`` nodes."""
+    layers = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
+    if layers[0].shape[1] < budget:
+        raise ValueError(f"K = {log_q.shape[1]} slots with top_n = {log_q.shape[2]} give only {layers[0].shape[1]} "
+                         f"nodes, fewer than budget {budget}.")
+    return layers
 
 
 def _best_nodes(layers, best: torch.Tensor, k: int) -> TokenTree:
@@ -315,10 +319,7 @@ def ranked_tree(log_q: torch.Tensor, candidates: torch.Tensor, lookup_tokens: to
     values = lookup_log_value.reshape(chains.shape)  # (B, C, L)
     if not 1 <= chains.shape[2] <= k:
         raise ValueError(f"A lookup chain has 1..K = {k} nodes, got {chains.shape[2]}.")
-    score, parent, depth, rank, tokens = _dynamic_layers(log_q, candidates, budget)  # (B, T) each
-    if score.shape[1] < budget:
-        raise ValueError(f"K = {k} slots with top_n = {log_q.shape[2]} give only {score.shape[1]} nodes, "
-                         f"fewer than budget {budget}.")
+    score, parent, depth, rank, tokens = _kept_layers(log_q, candidates, budget)  # (B, T) each
     layers = (draft_weight * score, parent, depth, rank, tokens)
     for c in range(chains.shape[1]):
         layers = _merge_chain(layers, chains[:, c], values[:, c])

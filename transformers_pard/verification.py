@@ -153,11 +153,17 @@ DEFAULT_TOPK_ACCURACY = (
 )
 
 
+def dynamic_capacity(budget: int, k: int, width: int) -> int:
+    """Nodes K levels of a dynamic tree can hold with ``width`` children per node (each level keeps at
+    most ``budget``)."""
+    return sum(min(budget, width**d) for d in range(1, k + 1))
+
+
 def expansion_width(budget: int, k: int, vocab: int, preferred: int) -> int:
     """Children per expanded node of a dynamic tree: ``preferred``, or more when K levels of it cannot
-    hold ``budget`` nodes (each level keeps at most ``budget``)."""
+    hold ``budget`` nodes."""
     width = min(preferred, vocab)
-    while width < vocab and sum(min(budget, width**d) for d in range(1, k + 1)) < budget:
+    while width < vocab and dynamic_capacity(budget, k, width) < budget:
         width += 1
     return width
 
@@ -254,7 +260,7 @@ class TreeVerifier:
         """The round's ``tree.ranked_tree``: the N best of the draft's (dynamic) nodes and the lookup chains."""
         scores, target_ids = draft.values, draft.target_ids
         k, columns = scores.shape[1:]
-        if self.scorer.processors or sum(min(self.budget, columns**d) for d in range(1, k + 1)) < self.budget:
+        if self.scorer.processors or dynamic_capacity(self.budget, k, columns) < self.budget:
             empty = scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
             scores, target_ids = self.scorer.scores(state, empty, draft.full()), lambda ids: ids  # (B, K, V)
         top_n = expansion_width(self.budget, k, scores.shape[2], self.top_n)
@@ -271,7 +277,7 @@ class TreeVerifier:
         for nodes, shape in self.shapes.items():
             if shape is not None and shape.max_rank >= columns:
                 return False
-            if shape is None and sum(min(nodes, columns**d) for d in range(1, k + 1)) < nodes:
+            if shape is None and dynamic_capacity(nodes, k, columns) < nodes:
                 return False
         return True
 

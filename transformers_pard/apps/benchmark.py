@@ -18,7 +18,8 @@ pard-tree              PARD verifying a token tree of ``--tree-nodes`` candidate
 pard-tree-compiled     the same on the compiled copy
 pard-lookup            the same N nodes, up to ``--lookup-nodes`` L of them lookup candidates: the text's own
                        n-gram continuation, ranked against the draft's nodes (``pard_tree=N, pard_lookup=L``;
-                       the same verify width as pard-tree; ``--lookup-store``: or the draft's lookup store's)
+                       the same verify width as pard-tree; and the draft's lookup store's unless
+                       ``--no-lookup-store``)
 pard-lookup-compiled   the same on the compiled copy
 pard2                  a PARD-2 draft fed the target's hidden states
 pard2-independent      the same PARD-2 draft alone

@@ -65,13 +65,13 @@ def load_drafts(args: argparse.Namespace, methods: list[str], target, settings: 
     return drafts
 
 
-def run_settings(args: argparse.Namespace, methods: list[str], draft=None) -> dict:
+def run_settings(args: argparse.Namespace, methods: list[str], lookup_store: bool = False) -> dict:
     """What was asked for, as given on the command line."""
     return {"target": args.target, "draft": args.draft, "ar_draft": args.ar_draft, "pard2_draft": args.pard2_draft,
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
             "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "lookup_nodes": lookup_nodes(args),
-            "lookup_store": store_on(args, draft), "prompts": args.prompts, "limit": args.limit}
+            "lookup_store": lookup_store, "prompts": args.prompts, "limit": args.limit}
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -86,14 +86,15 @@ def bench(args: argparse.Namespace) -> None:
     settings = load_settings(args)
     target, tokenizer = load_target(args.target, settings)
     drafts = load_drafts(args, methods, target, settings)
+    store = store_on(args, drafts.get("draft"))
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
                     min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes,
-                    lookup_nodes=lookup_nodes(args), lookup_store=store_on(args, drafts.get("draft")))
+                    lookup_nodes=lookup_nodes(args), lookup_store=store)
     results = run_benchmark(runner, prompts, methods,
                             progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
     device = next(target.parameters()).device
-    report = build_report(results, device=device, settings=run_settings(args, methods, drafts.get("draft")), command=args.command_line)
+    report = build_report(results, device=device, settings=run_settings(args, methods, store), command=args.command_line)
     report["models"] = {"target": describe(args.target, target, embedded=EMBEDDED_TARGET)}
     report["models"].update({name: describe(getattr(args, name), model, embedded=DEFAULT_DRAFT)
                              for name, model in drafts.items()})
