@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from transformers_pard.cache import PardCacheManager, PardStaticCache
 from transformers_pard.testing import tiny_causal_lm
@@ -31,6 +32,37 @@ def test_padding_query_sees_itself_so_sdpa_has_no_nan():
     cache.begin(torch.tensor([2]))
     _, mask = cache.plan(cache.contiguous_slots(3), torch.float32)
     assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_a_windowed_read_is_the_full_mask_cut_where_no_real_query_looks(data):
+    """Windowed (CPU): the mask covers slots [0, W), W = the highest real query slot + 1 rounded up to the
+    granularity; the full-capacity mask shows no real query anything past W, so attention is unchanged.
+    A filler query (trash slot, past the window) sees slot 0 instead of itself: no empty row, no NaN."""
+    capacity, granularity = 97, 16
+    batch = data.draw(st.integers(1, 3))
+    width = data.draw(st.integers(1, 6))
+    pad = torch.tensor(data.draw(st.lists(st.integers(0, 5), min_size=batch, max_size=batch)))
+    live = torch.tensor(data.draw(st.lists(st.integers(0, 80), min_size=batch, max_size=batch)))
+    filler = torch.tensor(data.draw(st.lists(st.booleans(), min_size=batch * width, max_size=batch * width)))
+    full, windowed = make_cache(capacity), make_cache(capacity)
+    windowed.window_granularity = granularity
+    for cache in (full, windowed):
+        cache.begin(pad)
+        cache.advance(pad + live)
+    slots = full.contiguous_slots(width).masked_fill(filler.view(batch, width), full.trash_slot)  # (B, T)
+    _, full_mask = full.plan(slots, torch.float32)
+    _, mask = windowed.plan(slots, torch.float32)
+    window = mask.shape[-1]
+    real = slots != full.trash_slot  # (B, T)
+    highest = int(slots[real].max()) if real.any() else 0
+    assert window == min(-(-(highest + 1) // granularity) * granularity, capacity - 1)
+    assert torch.equal(mask[real[:, None]], full_mask[..., :window][real[:, None]])
+    assert not full_mask[..., window:][real[:, None]].any()
+    assert mask.any(-1).all()  # every query, filler or not, sees at least one key
+    keys, _ = windowed.update(torch.zeros(batch, 1, width, 2), torch.zeros(batch, 1, width, 2), 0)
+    assert keys.shape[2] == window  # attention reads the window only
 
 
 def test_eager_mask_is_additive():

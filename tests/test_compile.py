@@ -5,6 +5,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from transformers_pard import enable_pard
+from transformers_pard.runtime import PardOptions
 from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
 
 
@@ -22,6 +23,19 @@ def assert_plain_greedy(outputs):
     reference = tiny_causal_lm("llama", seed=0)
     for ids, max_new, out in outputs:
         assert torch.equal(out, reference.generate(ids, max_new_tokens=max_new, do_sample=False))
+
+
+@pytest.mark.parametrize("freeze, cpp_wrapper, expected", [
+    (None, None, {"freezing": True, "cpp_wrapper": True}),
+    (False, None, {"cpp_wrapper": True}),
+    (None, False, {"freezing": True}),
+    (False, False, None),
+])
+def test_cpu_inductor_options_default_on_and_each_can_be_turned_off(freeze, cpp_wrapper, expected):
+    options = PardOptions(compile=True, freeze=freeze, cpp_wrapper=cpp_wrapper)
+    assert options.compile_options(torch.device("cpu")) == expected
+    assert options.compile_options(torch.device("cuda")) is None  # CUDA graphs there, no CPU settings
+    assert PardOptions(compile=True, compile_backend="eager").compile_options(torch.device("cpu")) is None
 
 
 def test_no_recompiles_after_warm_up():
@@ -108,9 +122,9 @@ def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
     """Real inductor compile on one tiny fixed-shape case (about a minute on 2 CPU cores). On an x86 CPU
     with MKL, weight freezing must reach the graphs: their linears run MKL's pre-packed GEMM. (Passing
     ``freezing`` only through ``torch.compile(options=...)`` leaves plain ``aten::mm``, re-packing the
-    weights on every call.)"""
+    weights on every call.) Python wrapper: the profiler sees the kernels it calls."""
     torch._dynamo.reset()
-    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64)
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64, cpp_wrapper=False)
     reference = tiny_causal_lm("llama", seed=0)
     draft = perturbed_pard_draft(target)
     (ids, max_new, out), = run_calls(target, draft, [(0, 6, 1, 12)])
@@ -121,6 +135,19 @@ def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
             run_calls(target, draft, [(1, 6, 1, 12)])
         ops = {event.key for event in profile.key_averages()}
         assert "mkl::_mkl_linear" in ops
+
+
+@pytest.mark.slow
+def test_cpu_graphs_call_their_kernels_from_cpp_by_default():
+    """On a CPU the compiled forwards default to inductor's C++ wrapper (no Python between kernels); same tokens."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64)
+    draft = perturbed_pard_draft(target)
+    [(ids, max_new, out)], codes = run_and_get_code(lambda: run_calls(target, draft, [(2, 6, 1, 12)]))
+    assert len(codes) == 2 and all("inductor_entry_impl" in code for code in codes)  # draft and verify graphs
+    assert torch.equal(out, tiny_causal_lm("llama", seed=0).generate(ids, max_new_tokens=max_new, do_sample=False))
 
 
 @pytest.mark.gpu

@@ -96,3 +96,9 @@ def test_draft_given_twice(target, draft, ids):
 def test_compile_mode_without_compile():
     with pytest.raises(ValueError, match="compile=True"):
         enable_pard(tiny_causal_lm("llama"), compile_mode="max-autotune")
+
+
+@pytest.mark.parametrize("setting", ["freeze", "cpp_wrapper"])
+def test_compiled_graph_settings_without_compile(setting):
+    with pytest.raises(ValueError, match=f"{setting}=True.*pass compile=True"):
+        enable_pard(tiny_causal_lm("llama"), **{setting: True})

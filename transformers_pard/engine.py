@@ -144,6 +144,8 @@ class ForwardFn:
         ``offsets`` / ``attention``: a token-tree block (``PardStaticCache.plan``)."""
         position_ids, mask = cache.plan(slots, self.model.dtype, offsets=offsets, attention=attention)
         use_compiled = compiled and self.compiled is not None
+        if use_compiled and cache.window_granularity is not None:
+            torch._dynamo.mark_dynamic(mask, 3)  # the read window: one graph for every width
         with torch._inductor.config.patch(self.call_config if use_compiled else {}):
             out = (self.compiled if use_compiled else self.model)(
                 input_ids=None if inputs_embeds is not None else input_ids,

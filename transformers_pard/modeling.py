@@ -38,6 +38,7 @@ def enable_pard(
     compile_mode: str | None = None,
     compile_backend="inductor",
     freeze: bool | None = None,
+    cpp_wrapper: bool | None = None,
     prepack: bool | None = None,
     max_cache_len: int | None = None,
 ):
@@ -51,6 +52,8 @@ def enable_pard(
         compile_backend: ``torch.compile`` backend (default "inductor").
         freeze: CPU + inductor: fold and pre-pack the weights in the compiled graphs (default: on with
             compile on CPU; the model's own parameters are untouched).
+        cpp_wrapper: CPU + inductor: the compiled graphs call their kernels from C++, not Python (less
+            host time a forward, a slower first compile; default: on with compile on CPU).
         prepack: CPU fp32: pre-packed oneDNN linear weights in the engine's forwards (default: where
             available; False keeps the model's own kernels).
         max_cache_len: fix the KV cache capacity (tokens); requests that do not fit raise.
@@ -58,7 +61,7 @@ def enable_pard(
     if not hasattr(model, "generate") or not hasattr(model, "config"):
         raise TypeError(f"enable_pard expects a transformers causal LM, got {type(model).__name__}.")
     options = PardOptions(compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, freeze=freeze,
-                          prepack=prepack, max_cache_len=max_cache_len)
+                          cpp_wrapper=cpp_wrapper, prepack=prepack, max_cache_len=max_cache_len)
     model.__class__ = _pard_class(type(model))
     model.__dict__["pard_runtime"] = PardRuntime(options)  # caches / forwards rebuilt for the new options
     return model
