@@ -97,13 +97,21 @@ def test_store_continuation_equals_the_slow_reference(seed, vocab, num_texts, ma
 
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 4), m=st.integers(1, 6), vocab=st.sampled_from([5, 70_000]))
-def test_suffix_hashes_are_each_suffixs_ngram_hash(seed, batch, m, vocab):
-    from transformers_pard.lookup import _ngram_hash, _suffix_hashes
+def test_suffix_hashes_are_the_documented_polynomial_of_each_suffix(seed, batch, m, vocab):
+    """Key of t_1..t_n (oldest first) = (h1 << 31) + h2, h = n b^n + sum_j (t_j + 1) b^(n-j) mod p per (p, b);
+    computed here with Python's integers (no overflow to hide), ids past uint16 included."""
+    from transformers_pard.lookup import _BASES, _MODULI, _suffix_hashes
+
+    def reference(ngram):
+        halves = [(len(ngram) * pow(base, len(ngram), p) + sum((t + 1) * pow(base, len(ngram) - j, p)
+                                                              for j, t in enumerate(ngram, 1))) % p
+                  for p, base in zip(_MODULI, _BASES)]
+        return halves[0] * 2**31 + halves[1]
 
     text = torch.randint(0, vocab, (batch, m), generator=torch.Generator().manual_seed(seed))  # oldest first
     keys = _suffix_hashes(text.flip(1))  # newest first
-    for n in range(1, m + 1):
-        assert torch.equal(keys[:, n - 1], _ngram_hash(text[:, m - n:], n))
+    for b in range(batch):
+        assert keys[b].tolist() == [reference(text[b, m - n:].tolist()) for n in range(1, m + 1)]
 
 
 def test_store_continuation_literal():

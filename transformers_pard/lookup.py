@@ -15,8 +15,8 @@ node (greedy: token-identical; sampling: a fixed candidate is a draw from a one-
 ``tree.sampling_accept``).
 
 Store index: every n-gram (n = 1..``max_ngram``) of the stored texts that is followed by at least
-``horizon`` tokens of the same text, keyed by a 62-bit hash (two 31-bit polynomial hashes, no int64
-overflow), sorted; a lookup is one ``searchsorted`` per n over the (B,) rows, on the rows' device,
+``horizon`` tokens of the same text, keyed by a 62-bit hash (``_suffix_hashes``: two 31-bit polynomial
+hashes, no int64 overflow; the queries use the same function), sorted; a lookup is one ``searchsorted`` per n over the (B,) rows, on the rows' device,
 with no host sync. A hash collision can only propose a wrong candidate, which the target rejects.
 """
 
@@ -69,17 +69,6 @@ def ngram_continuation(tokens: torch.Tensor, begin: torch.Tensor, end: torch.Ten
     period = (end - follow).clamp(min=1)  # (B,)
     index = follow[:, None] + torch.arange(length, device=tokens.device) % period[:, None]  # (B, L)
     return tokens.gather(1, index.clamp(0, width - 1)), best_n
-
-
-def _ngram_hash(windows: torch.Tensor, n: int) -> torch.Tensor:
-    """62-bit keys of n-grams ``windows`` (..., n) long token ids >= 0 (the length is part of the key)."""
-    halves = []
-    for modulus, base in zip(_MODULI, _BASES):
-        h = torch.full(windows.shape[:-1], n, dtype=torch.long, device=windows.device)  # (...)
-        for j in range(n):
-            h = (h * base + windows[..., j] + 1) % modulus
-        halves.append(h)
-    return halves[0] * (1 << 31) + halves[1]  # (...) < 2**62
 
 
 class LookupStore:
@@ -164,17 +153,19 @@ class LookupStore:
 
 
 def _suffix_hashes(last: torch.Tensor) -> torch.Tensor:
-    """``_ngram_hash`` of every suffix at once: ``last`` (B, M) holds a text's last M tokens newest first;
-    column n-1 of the result is the key of the last n. The same polynomial read from the newest token: the
-    n-gram t_1..t_n hashes to n b^n + sum_j (t_j + 1) b^(n-j) mod p, a running sum over the reversed tokens."""
+    """62-bit keys of every suffix of a text at once (the one n-gram hash of this module, for the index and the
+    queries alike): ``last`` (..., M) holds the text's last M tokens newest first, ids >= -1; column n-1 of the
+    result is the key of the last n tokens. Two 31-bit polynomial hashes, the length part of the key: the
+    n-gram t_1..t_n hashes to n b^n + sum_j (t_j + 1) b^(n-j) mod p, a running sum over the reversed tokens
+    (every product stays below 2**62: no int64 overflow)."""
     m = last.shape[1]
     halves = []
     for modulus, base in zip(_MODULI, _BASES):
         power = _powers(base, modulus, m + 1, last.device)  # (M+1,) b^i mod p
-        terms = (last + 1) * power[:m] % modulus  # (B, M): (t + 1) b^i, i = distance from the newest token
+        terms = (last + 1) * power[:m] % modulus  # (..., M): (t + 1) b^i, i = distance from the newest token
         lengths = torch.arange(1, m + 1, device=last.device)  # (M,)
-        halves.append((terms.cumsum(1) + lengths * power[1:]) % modulus)  # (B, M)
-    return halves[0] * (1 << 31) + halves[1]  # (B, M) < 2**62
+        halves.append((terms.cumsum(-1) + lengths * power[1:]) % modulus)  # (..., M)
+    return halves[0] * (1 << 31) + halves[1]  # (..., M) < 2**62
 
 
 _CONSTANTS: dict = {}
@@ -204,14 +195,13 @@ def _build_index(texts: torch.Tensor, max_ngram: int, horizon: int) -> tuple[tor
     text_id = torch.cumsum(is_separator, 0) - is_separator.long()  # (S,) a separator belongs to its text
     text_end = separators[text_id]  # (S,) the separator after each position
     text_start = torch.cat([separators.new_zeros(1), separators[:-1] + 1])[text_id]  # (S,)
-    keys, follow = [], []
-    for n in range(1, max_ngram + 1):
-        last = position[(position - n + 1 >= text_start) & (position + horizon < text_end)]  # (P,) n-gram ends
-        windows = texts[last[:, None] - n + 1 + torch.arange(n)]  # (P, n)
-        keys.append(_ngram_hash(windows, n))
-        follow.append(last + 1)
-    keys, order = torch.sort(torch.cat(keys), stable=True)  # the earliest occurrence first within a key
-    follow = torch.cat(follow)[order]
+    n = torch.arange(1, max_ngram + 1)  # (N,)
+    last = texts[(position[:, None] - n + 1).clamp(min=0)]  # (S, N): the n-gram ending at each position, newest first
+    indexed = (position[:, None] - n + 1 >= text_start[:, None]) & (position + horizon < text_end)[:, None]  # (S, N)
+    keys = _suffix_hashes(last)[indexed]  # (P,) position-major: occurrences of a key in text order
+    follow = (position + 1)[:, None].expand(-1, max_ngram)[indexed]  # (P,)
+    keys, order = torch.sort(keys, stable=True)  # the earliest occurrence first within a key
+    follow = follow[order]
     first = torch.ones_like(keys, dtype=torch.bool)
     first[1:] = keys[1:] != keys[:-1]
     return keys[first], follow[first]

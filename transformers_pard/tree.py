@@ -52,7 +52,7 @@ import torch
 
 __all__ = [
     "TokenTree", "TreeShape", "TreeAcceptance", "VerifyLayout", "static_shape", "static_tree", "dynamic_tree",
-    "dynamic_tree_from_topk", "dynamic_trees", "dynamic_trees_from_topk", "shape_attention",
+    "dynamic_tree_from_topk", "dynamic_trees", "dynamic_trees_from_topk", "shape_attention", "slot_topk",
     "sampled_tree", "with_chain", "ranked_tree", "tree_attention", "verify_layout", "greedy_accept", "sampling_accept", "residual_distribution",
 ]
 
@@ -179,12 +179,16 @@ def dynamic_trees(draft_logits: torch.Tensor, *, budgets: tuple[int, ...], top_n
     """``dynamic_tree`` for several budgets at once (one top-k, one expansion at the largest budget): the
     best-b nodes of the largest budget's kept layers are the best-b tree, since every node of the best b
     is among the best b of its depth (``dynamic_tree``'s argument). For a lookup branch's several shares."""
-    batch, k, vocab = draft_logits.shape  # (B, K, V)
+    return dynamic_trees_from_topk(*slot_topk(draft_logits, top_n), budgets=budgets)
+
+
+def slot_topk(draft_logits: torch.Tensor, top_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slot's ``top_n`` log-probabilities and their columns: (B, K, n) each, from logits (B, K, V)."""
+    vocab = draft_logits.shape[-1]
     if not 1 <= top_n <= vocab:
         raise ValueError(f"top_n must be in 1..{vocab}, got {top_n}.")
     # log_softmax then topk: logsumexp alone is ~6x slower than log_softmax on CPU over a subset head's -inf tail
-    log_q, candidates = draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
-    return dynamic_trees_from_topk(log_q, candidates, budgets=budgets)
+    return draft_logits.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
 
 
 def dynamic_tree(draft_logits: torch.Tensor, *, budget: int, top_n: int) -> TokenTree:

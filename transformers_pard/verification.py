@@ -21,7 +21,7 @@ from .drafting import DraftLogits
 from .scoring import Scorer
 from .lookup import LookupStore, lookup_chains, lookup_continuation
 from .tree import (TokenTree, dynamic_trees, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
-                   static_shape, static_tree, verify_layout, with_chain)
+                   slot_topk, static_shape, static_tree, verify_layout, with_chain)
 
 
 @dataclass
@@ -264,7 +264,7 @@ class TreeVerifier:
             empty = scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
             scores, target_ids = self.scorer.scores(state, empty, draft.full()), lambda ids: ids  # (B, K, V)
         top_n = expansion_width(self.budget, k, scores.shape[2], self.top_n)
-        log_q, columns = scores.float().log_softmax(-1).topk(top_n, dim=-1)  # (B, K, n) each
+        log_q, columns = slot_topk(scores, top_n)  # (B, K, n) each
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
         found = lookup_chains(state.tokens, state.pad, end, length=min(self.lookup, self.budget),
                               max_ngram=self.lookup_ngram, store=self.store)  # (B, C, L) candidates and values
