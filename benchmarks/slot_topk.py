@@ -50,7 +50,7 @@ from transformers_pard.training.target_pass import row_features
 DEFAULT_DRAFT = os.path.join(os.path.dirname(transformers_pard.__file__), "assets", "smollm2-pard-k8")
 BUDGETS = (16, 32, 64)
 TREE_BUDGETS = (8, 12, 16, 24, 32)  # dynamic trees simulated on the same rounds
-TREE_TOP_N = 4  # children per expanded node (TreeVerifier's default)
+TREE_TOP_N = 4  # children per expanded node (GreedyTreeVerifier's default)
 
 
 def heldout_prompts(limit: int, *, num_prompts: int, heldout: int, seed: int) -> list[str]:
@@ -184,8 +184,8 @@ def lookup_tokens(sequence: list[int], start: int, rounds: int, length: int) -> 
 def lookup_accepted(log_q, ids, by_depth, lookup: torch.Tensor, draft_nodes: int) -> torch.Tensor:
     """Tokens accepted per round (P,) by a dynamic tree of ``draft_nodes`` plus the lookup branch ``lookup``
     (P, L) (``tree.with_chain``) in a fixed share; 0 draft nodes: the lookup chain alone. Rounds with no
-    recurring n-gram get no lookup candidate. (The engine's share follows the match instead; see
-    ``verification.TreeVerifier``.)"""
+    recurring n-gram get no lookup candidate. (The engine's sampled share follows the match instead,
+    ``verification.SamplingTreeVerifier``; greedy, it ranks every node, ``GreedyTreeVerifier``.)"""
     if draft_nodes == 0:
         return (lookup == by_depth[:, : lookup.shape[1]]).long().cumprod(1).sum(1)
     return greedy_accepted(with_chain(dynamic_tree_from_topk(log_q, ids, budget=draft_nodes), lookup), by_depth)

@@ -105,18 +105,18 @@ def test_shape_attention_is_the_static_trees_attention():
 
 def test_a_measured_table_makes_the_greedy_tree_static():
     from transformers_pard.scoring import Scorer
-    from transformers_pard.verification import TreeVerifier
+    from transformers_pard.verification import GreedyTreeVerifier
 
     table = [[0.3, 0.5, 0.6], [0.2, 0.3, 0.4], [0.1, 0.2, 0.25]]
     logits = torch.randn(2, 3, 11)
-    static = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
+    static = GreedyTreeVerifier(Scorer(None), budget=5, k=3, topk_accuracy=table)
     assert static.shape == static_shape(torch.tensor(table), 5)
     tree, q = static.propose(None, DraftLogits(logits, None, 11))
     expected = static_tree(logits, static.shape)
     assert q is None and torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
-    dynamic = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False)
-    too_small = TreeVerifier(Scorer(None), budget=5, k=1, sampling=False, topk_accuracy=table)  # 3 ranks, 1 level
-    below = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table, static_min_nodes=6)
+    dynamic = GreedyTreeVerifier(Scorer(None), budget=5, k=3)
+    too_small = GreedyTreeVerifier(Scorer(None), budget=5, k=1, topk_accuracy=table)  # 3 ranks, 1 level
+    below = GreedyTreeVerifier(Scorer(None), budget=5, k=3, topk_accuracy=table, static_min_nodes=6)
     assert dynamic.shape is None and too_small.shape is None and below.shape is None
     assert torch.equal(dynamic.propose(None, DraftLogits(logits, None, 11))[0].tokens,
                        dynamic_tree(logits, budget=5, top_n=4).tokens)
@@ -127,14 +127,14 @@ def test_a_subset_heads_tree_is_built_on_its_columns_and_equals_the_full_vocabul
     """Greedy trees from a subset head's N columns, mapped to target ids, are the trees of the scattered
     (B, K, V) logits."""
     from transformers_pard.scoring import Scorer
-    from transformers_pard.verification import TreeVerifier
+    from transformers_pard.verification import GreedyTreeVerifier
 
     torch.manual_seed(0)
     ids = torch.randperm(50)[:12]  # (N,) subset columns -> target ids
     draft = DraftLogits(torch.randn(2, 3, 12), ids, 50)
-    verifier = TreeVerifier(Scorer(None), budget=5, k=3, sampling=False, topk_accuracy=table)
+    verifier = GreedyTreeVerifier(Scorer(None), budget=5, k=3, topk_accuracy=table)
     on_columns, _ = verifier.propose(None, draft)
-    on_full = verifier._greedy_trees(draft.full(), lambda columns: columns, (5,))[5]
+    on_full = verifier._greedy_tree(draft.full(), lambda columns: columns)
     assert torch.equal(on_columns.tokens, on_full.tokens) and torch.equal(on_columns.parents, on_full.parents)
     assert torch.isin(on_columns.tokens, ids).all()
 

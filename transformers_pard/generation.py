@@ -38,7 +38,7 @@ from .runtime import PardOptions, runtime_of
 from .schedule import DraftSchedule, ScheduleConfig
 from .scoring import Scorer
 from .timing import PhaseTimer
-from .verification import GreedyVerifier, SamplingVerifier, TreeVerifier
+from .verification import GreedyTreeVerifier, GreedyVerifier, SamplingTreeVerifier, SamplingVerifier
 
 #: Deprecated alias (the resolver moved to ``drafting.py``).
 resolve_pard2_mode = resolve_pard2
@@ -269,7 +269,7 @@ def _loop_inputs(model, drafter, config, call_args, input_ids, attention_mask, k
 
 
 def _verifier(scorer: Scorer, config, call_args, k: int, draft):
-    """The chain verifiers, or ``TreeVerifier`` for ``pard_tree=N`` (checked here)."""
+    """The chain verifiers, or a tree verifier for ``pard_tree=N`` (checked here)."""
     budget, lookup = call_args["pard_tree"], call_args["pard_lookup"]
     if lookup is None or isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
         raise ValueError(f"pard_lookup is the most lookup candidates a round's tree holds (an integer >= 0), "
@@ -296,8 +296,9 @@ def _verifier(scorer: Scorer, config, call_args, k: int, draft):
         raise ValueError("pard_tree needs the 'constant' num_assistant_tokens_schedule (the tree has K levels).")
     accuracy = getattr(draft.config, "pard_tree_topk_accuracy", None)
     static_from = int(getattr(draft.config, "pard_tree_static_min_nodes", 1))
-    return TreeVerifier(scorer, budget=budget, k=k, sampling=bool(config.do_sample), topk_accuracy=accuracy,
-                        static_min_nodes=static_from, lookup=lookup, store=_lookup_store(call_args, draft))
+    verifier = SamplingTreeVerifier if config.do_sample else GreedyTreeVerifier
+    return verifier(scorer, budget=budget, k=k, topk_accuracy=accuracy, static_min_nodes=static_from, lookup=lookup,
+                    store=_lookup_store(call_args, draft))
 
 
 def _lookup_store(call_args, draft) -> LookupStore | None:

@@ -20,7 +20,7 @@ import torch
 from .drafting import DraftLogits
 from .scoring import Scorer
 from .lookup import LookupStore, lookup_chains, lookup_continuation
-from .tree import (TokenTree, dynamic_trees, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
+from .tree import (TokenTree, dynamic_tree, greedy_accept, ranked_tree, sampled_tree, sampling_accept, shape_attention,
                    slot_topk, static_shape, static_tree, verify_layout, with_chain)
 
 
@@ -176,85 +176,93 @@ RANKED_DRAFT_WEIGHT = 0.7
 
 class TreeVerifier:
     """Verify a token tree of N nodes per row (``tree.py``) built from the K slot distributions of one
-    draft forward, then accept the longest agreeing root path.
-
-    Greedy: the static shape chosen from the draft's measured per-slot top-k accuracies
-    (``pard_tree_topk_accuracy``) for budgets from ``pard_tree_static_min_nodes`` on (where
-    benchmarks/slot_topk.py measured it to accept more); otherwise (no table, a smaller budget, or ranks
-    that cannot hold N nodes in K levels) the EAGLE-2-style dynamic tree, the N nodes of highest draft
-    path probability. Sampling: a tree of i.i.d. draws from q in a static shape and the multi-candidate
-    rule (exact; see ``tree.sampling_accept``). Rounds without drafting (K = 0) are plain chain steps.
+    draft forward, then accept the longest agreeing root path: what both tree verifiers share (the verify
+    layout, the fall-back to a chain step in rounds without drafting, the draft tree's static shape and the
+    lookup options). ``GreedyTreeVerifier`` and ``SamplingTreeVerifier`` build and accept the trees.
     Logits processors must not depend on the prefix (each node has its own).
 
-    ``lookup`` = L > 0 adds lookup chains of up to L candidates: the row's own text continued after the
+    ``lookup`` = L > 0 adds lookup candidates, up to L a source: the row's own text continued after the
     latest earlier occurrence of its last ``lookup_ngram``..1 tokens (prompt lookup), and ``store``'s
-    continuation. Greedy: one ranked tree (``tree.ranked_tree``, ``_ranked``): each source's chain, its
-    candidates valued by how often the source is right for the n-gram length it matched
-    (``lookup.lookup_chains``), competes with the draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their
-    path log-probability, for all N; a chain that starts like the draft's nodes shares them. A sure draft
-    keeps its nodes, a sure chain takes them.
-    Sampling (the candidates must be fixed before the coin flips, ``tree.sampling_accept``): a lookup branch
-    (``tree.with_chain``) of the row's own text, or the store's where the own text matched less
-    (``lookup.lookup_continuation``), in a share that follows the match: nothing -> none (the draft's tree
-    keeps all N); the own text's longest n-gram -> ``min(K, N - 1)``; a shorter one, or the store's -> L.
-    Every row verifies N nodes."""
+    continuation (``lookup.py``). Every row verifies N nodes."""
 
-    def __init__(self, scorer: Scorer, *, budget: int, k: int, sampling: bool, topk_accuracy=None, top_n: int = 4,
+    chain_verifier: type = ChainVerifier
+
+    def __init__(self, scorer: Scorer, *, budget: int, k: int, topk_accuracy=None, top_n: int = 4,
                  static_min_nodes: int = 1, lookup: int = 0, lookup_ngram: int = 3, store: LookupStore | None = None):
-        self.scorer, self.budget, self.sampling, self.top_n = scorer, budget, sampling, top_n
+        self.scorer, self.budget, self.top_n = scorer, budget, top_n
         self.lookup, self.lookup_ngram, self.store = lookup, lookup_ngram, store
-        self.ranked = lookup > 0 and not sampling
-        self.lookup_long = max(min(k, budget - 1), lookup)  # the branch after a full-length match
-        self.chain = SamplingVerifier(scorer) if sampling else GreedyVerifier(scorer)
+        self.chain = self.chain_verifier(scorer)
         accuracy = torch.tensor(topk_accuracy or DEFAULT_TOPK_ACCURACY, dtype=torch.float32)
         if accuracy.shape[0] < k:  # deeper than measured: repeat the last slot's accuracies
             accuracy = torch.cat([accuracy, accuracy[-1:].expand(k - accuracy.shape[0], -1)])
-        shares = {budget - lookup, budget - self.lookup_long} if lookup and sampling else set()
-        draft_nodes = {budget} | shares
-        self.shapes = {n: self._shape(accuracy[:k], n, topk_accuracy is not None, static_min_nodes) for n in draft_nodes}
-        shape = self.shapes[budget]  # with a lookup branch the layout differs from row to row: built per round
+        measured = topk_accuracy is not None
+        self.shapes = {n: self._shape(accuracy[:k], n, measured, static_min_nodes) for n in self._draft_nodes(k)}
+        shape = self.shapes[budget]  # with lookup candidates the layout differs from row to row: built per round
         self.node_attention = shape_attention(shape) if not lookup and shape is not None else None  # (N, N)
+
+    def _draft_nodes(self, k: int) -> set[int]:
+        """The node counts of the draft's trees this verifier builds."""
+        return {self.budget}
+
+    def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
+        """The static shape of a draft tree of ``nodes``, or None (dynamic)."""
+        raise NotImplementedError
 
     @property
     def shape(self):
-        """The static shape of the draft's tree (N nodes; N - L beside a sampled lookup branch), or None (dynamic)."""
-        return self.shapes[self.budget - self.lookup if self.lookup and self.sampling else self.budget]
-
-    def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
-        """The static shape of a draft tree of ``nodes`` (always, when sampling), else None (dynamic)."""
-        holds = nodes <= sum(accuracy.shape[1] ** d for d in range(1, accuracy.shape[0] + 1))
-        static = measured and holds and nodes >= static_min_nodes
-        return static_shape(accuracy, nodes) if self.sampling or static else None
+        """The static shape of the draft's tree, or None (dynamic)."""
+        return self.shapes[self.budget]
 
     def verify_width(self, k: int) -> int:
         return 1 + self.budget
 
-    def propose(self, state, draft: DraftLogits):
-        if self.ranked:
-            return self._ranked(state, draft), None
-        if not self.sampling and not self.scorer.processors and self._fits(draft.values.shape[1:]):
-            return self._tree(state, lambda counts: self._greedy_trees(draft.values, draft.target_ids, counts)), None
-        draft_logits = draft.full()  # (B, K, V)
-        empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
-        scores = self.scorer.scores(state, empty, draft_logits)  # (B, K, V) prefix-free processors
-        if not self.sampling:
-            return self._tree(state, lambda counts: self._greedy_trees(scores, lambda columns: columns, counts)), None
-        q = torch.softmax(scores, -1)  # (B, K, V)
-        return self._tree(state, lambda counts: {n: sampled_tree(q, self.shapes[n]) for n in counts}), q
+    def verify_input(self, state, proposal) -> VerifyInput:
+        if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step
+            return self.chain.verify_input(state, proposal)
+        layout = verify_layout(proposal, state.last_token, node_attention=self.node_attention)
+        return VerifyInput(layout.input_ids, layout.position_offsets, layout.attention)
 
-    def _tree(self, state, build) -> TokenTree:
-        """The round's tree: ``build(counts)`` gives the draft's trees of those node counts; plus the lookup
-        branch, read off the committed text ``state.tokens``, in the share its match earns (class docstring)."""
-        if not self.lookup:
-            return build((self.budget,))[self.budget]
-        end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
-        found = lookup_continuation(state.tokens, state.pad, end, length=self.lookup_long, max_ngram=self.lookup_ngram,
-                                    store=self.store)  # (B, L') candidates, the evidence per row
-        trees = build(tuple(self.shapes))  # the draft's trees of N, N - L and N - L' nodes
-        short = with_chain(trees[self.budget - self.lookup], found.tokens[:, : self.lookup])
-        long = with_chain(trees[self.budget - self.lookup_long], found.tokens)
-        tree = _select_rows(found.own_ngram >= self.lookup_ngram, long, short)  # the store never earns the long share
-        return _select_rows((found.own_ngram == 0) & ~found.from_store, trees[self.budget], tree)
+    def accept(self, state, proposal, q, target_logits) -> Verdict:
+        if not isinstance(proposal, TokenTree):
+            return self.chain.accept(state, proposal, q, target_logits)
+        empty = proposal.tokens[:, :0]
+        scores = self.scorer.scores(state, empty, target_logits)  # (B, 1+N, V)
+        verdict = self._accept_tree(proposal, q, scores)
+        lookup_only = proposal.rank.gather(1, verdict.path.clamp(min=0)) < 0  # (B, K) nodes only the lookup held
+        return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
+                       ((verdict.path >= 0) & lookup_only).sum(1))
+
+    def _accept_tree(self, proposal: TokenTree, q, scores: torch.Tensor):
+        raise NotImplementedError
+
+
+class GreedyTreeVerifier(TreeVerifier):
+    """Greedy trees: the static shape chosen from the draft's measured per-slot top-k accuracies
+    (``pard_tree_topk_accuracy``) for budgets from ``pard_tree_static_min_nodes`` on (where
+    benchmarks/slot_topk.py measured it to accept more); otherwise (no table, a smaller budget, or ranks
+    that cannot hold N nodes in K levels) the EAGLE-2-style dynamic tree, the N nodes of highest draft
+    path probability.
+
+    With lookup candidates: one ranked tree (``tree.ranked_tree``, ``_ranked``): each source's chain, its
+    candidates valued by how often the source is right for the n-gram length it matched
+    (``lookup.lookup_chains``), competes with the draft's nodes, valued by ``RANKED_DRAFT_WEIGHT`` x their
+    path log-probability, for all N; a chain that starts like the draft's nodes shares them. A sure draft
+    keeps its nodes, a sure chain takes them."""
+
+    chain_verifier = GreedyVerifier
+
+    def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
+        holds = nodes <= sum(accuracy.shape[1] ** d for d in range(1, accuracy.shape[0] + 1))
+        return static_shape(accuracy, nodes) if measured and holds and nodes >= static_min_nodes else None
+
+    def propose(self, state, draft: DraftLogits):
+        if self.lookup:
+            return self._ranked(state, draft), None
+        if not self.scorer.processors and self._fits(draft.values.shape[1:]):
+            return self._greedy_tree(draft.values, draft.target_ids), None
+        empty = draft.values.new_zeros(draft.values.shape[0], 0, dtype=torch.long)
+        scores = self.scorer.scores(state, empty, draft.full())  # (B, K, V) prefix-free processors
+        return self._greedy_tree(scores, lambda columns: columns), None
 
     def _ranked(self, state, draft: DraftLogits) -> TokenTree:
         """The round's ``tree.ranked_tree``: the N best of the draft's (dynamic) nodes and the lookup chains."""
@@ -272,45 +280,79 @@ class TreeVerifier:
                            draft_weight=RANKED_DRAFT_WEIGHT)
 
     def _fits(self, slots_columns: torch.Size) -> bool:
-        """Whether K slots of C columns each hold every draft tree used (a small subset head may not)."""
+        """Whether K slots of C columns each hold the draft's tree (a small subset head may not)."""
         k, columns = slots_columns
-        for nodes, shape in self.shapes.items():
-            if shape is not None and shape.max_rank >= columns:
-                return False
-            if shape is None and dynamic_capacity(nodes, k, columns) < nodes:
-                return False
-        return True
+        shape = self.shapes[self.budget]
+        if shape is not None:
+            return shape.max_rank < columns
+        return dynamic_capacity(self.budget, k, columns) >= self.budget
 
-    def _greedy_trees(self, scores: torch.Tensor, target_ids, counts) -> dict[int, TokenTree]:
-        """The static or dynamic tree of each node count over ``scores`` (B, K, C), tokens mapped by
-        ``target_ids``; the dynamic ones from one top-k and one expansion (``tree.dynamic_trees``)."""
-        trees = {n: static_tree(scores, self.shapes[n]) for n in counts if self.shapes[n] is not None}
-        dynamic = tuple(n for n in counts if self.shapes[n] is None)
-        if dynamic:
-            top_n = expansion_width(max(dynamic), scores.shape[1], scores.shape[2], self.top_n)
-            trees.update(dynamic_trees(scores, budgets=dynamic, top_n=top_n))
-        return {n: replace(tree, tokens=target_ids(tree.tokens)) for n, tree in trees.items()}
-
-    def verify_input(self, state, proposal) -> VerifyInput:
-        if not isinstance(proposal, TokenTree):  # drafting switched off: a plain step
-            return self.chain.verify_input(state, proposal)
-        layout = verify_layout(proposal, state.last_token, node_attention=self.node_attention)
-        return VerifyInput(layout.input_ids, layout.position_offsets, layout.attention)
-
-    def accept(self, state, proposal, q, target_logits) -> Verdict:
-        if not isinstance(proposal, TokenTree):
-            return self.chain.accept(state, proposal, q, target_logits)
-        empty = proposal.tokens[:, :0]
-        scores = self.scorer.scores(state, empty, target_logits)  # (B, 1+N, V)
-        if self.sampling:
-            verdict = sampling_accept(proposal, q, torch.softmax(scores, -1))
+    def _greedy_tree(self, scores: torch.Tensor, target_ids) -> TokenTree:
+        """The static or dynamic tree over ``scores`` (B, K, C), tokens mapped by ``target_ids``."""
+        shape = self.shapes[self.budget]
+        if shape is not None:
+            tree = static_tree(scores, shape)
         else:
-            known = None if self.node_attention is None else self.node_attention.to(scores.device).expand(
-                proposal.batch_size, -1, -1)  # (B, N, N) the static shape's, built once
-            verdict = greedy_accept(proposal, greedy_choice(scores), ancestors=known)
-        lookup_only = proposal.rank.gather(1, verdict.path.clamp(min=0)) < 0  # (B, K) nodes only the lookup held
-        return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
-                       ((verdict.path >= 0) & lookup_only).sum(1))
+            top_n = expansion_width(self.budget, scores.shape[1], scores.shape[2], self.top_n)
+            tree = dynamic_tree(scores, budget=self.budget, top_n=top_n)
+        return replace(tree, tokens=target_ids(tree.tokens))
+
+    def _accept_tree(self, proposal: TokenTree, q, scores: torch.Tensor):
+        known = None if self.node_attention is None else self.node_attention.to(scores.device).expand(
+            proposal.batch_size, -1, -1)  # (B, N, N) the static shape's, built once
+        return greedy_accept(proposal, greedy_choice(scores), ancestors=known)
+
+
+class SamplingTreeVerifier(TreeVerifier):
+    """Sampled trees: i.i.d. draws from q in a static shape (from the measured per-slot top-k accuracies, or
+    a default table) and the multi-candidate rule (exact; see ``tree.sampling_accept``).
+
+    With lookup candidates (they must be fixed before the coin flips, ``tree.sampling_accept``): a lookup
+    branch (``tree.with_chain``) of the row's own text, or the store's where the own text matched less
+    (``lookup.lookup_continuation``), in a share that follows the match: nothing -> none (the draft's tree
+    keeps all N); the own text's longest n-gram -> ``min(K, N - 1)``; a shorter one, or the store's -> L."""
+
+    chain_verifier = SamplingVerifier
+
+    def __init__(self, scorer: Scorer, *, budget: int, k: int, lookup: int = 0, **options):
+        self.lookup_long = max(min(k, budget - 1), lookup)  # the branch after a full-length match
+        super().__init__(scorer, budget=budget, k=k, lookup=lookup, **options)
+
+    def _draft_nodes(self, k: int) -> set[int]:
+        """N, and beside a lookup branch N - L and N - (the long share)."""
+        return {self.budget} | ({self.budget - self.lookup, self.budget - self.lookup_long} if self.lookup else set())
+
+    def _shape(self, accuracy: torch.Tensor, nodes: int, measured: bool, static_min_nodes: int):
+        return static_shape(accuracy, nodes)
+
+    @property
+    def shape(self):
+        """The static shape of the draft's tree (N nodes; N - L beside a lookup branch)."""
+        return self.shapes[self.budget - self.lookup]
+
+    def propose(self, state, draft: DraftLogits):
+        draft_logits = draft.full()  # (B, K, V)
+        empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
+        q = torch.softmax(self.scorer.scores(state, empty, draft_logits), -1)  # (B, K, V) prefix-free processors
+        trees = lambda counts: {n: sampled_tree(q, self.shapes[n]) for n in counts}  # noqa: E731
+        return self._tree(state, trees), q
+
+    def _tree(self, state, build) -> TokenTree:
+        """The round's tree: ``build(counts)`` gives the draft's trees of those node counts; plus the lookup
+        branch, read off the committed text ``state.tokens``, in the share its match earns (class docstring)."""
+        if not self.lookup:
+            return build((self.budget,))[self.budget]
+        end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
+        found = lookup_continuation(state.tokens, state.pad, end, length=self.lookup_long, max_ngram=self.lookup_ngram,
+                                    store=self.store)  # (B, L') candidates, the evidence per row
+        trees = build(tuple(self.shapes))  # the draft's trees of N, N - L and N - L' nodes
+        short = with_chain(trees[self.budget - self.lookup], found.tokens[:, : self.lookup])
+        long = with_chain(trees[self.budget - self.lookup_long], found.tokens)
+        tree = _select_rows(found.own_ngram >= self.lookup_ngram, long, short)  # the store never earns the long share
+        return _select_rows((found.own_ngram == 0) & ~found.from_store, trees[self.budget], tree)
+
+    def _accept_tree(self, proposal: TokenTree, q, scores: torch.Tensor):
+        return sampling_accept(proposal, q, torch.softmax(scores, -1))
 
 
 def _select_rows(rows: torch.Tensor, chosen: TokenTree, other: TokenTree) -> TokenTree:
