@@ -155,8 +155,8 @@ class PardStaticCache(Cache):
         return positions, visible
 
     def _window(self, slots: torch.Tensor) -> int:
-        """How many slots the next forward's attention reads: all but the trash slot, or (windowed) the
-        highest real query slot + 1 rounded up to ``window_granularity``."""
+        """How many slots the next forward's attention reads: the whole capacity, or (windowed) the highest
+        real query slot + 1 rounded up to ``window_granularity`` (at most every slot but the trash)."""
         if self.window_granularity is None:
             return self.capacity
         highest = int(slots.masked_fill(slots == self.trash_slot, 0).max())

@@ -16,8 +16,8 @@ node (greedy: token-identical; sampling: a fixed candidate is a draw from a one-
 
 Store index: every n-gram (n = 1..``max_ngram``) of the stored texts that is followed by at least
 ``horizon`` tokens of the same text, keyed by a 62-bit hash (``_suffix_hashes``: two 31-bit polynomial
-hashes, no int64 overflow; the queries use the same function), sorted; a lookup is one ``searchsorted`` per n over the (B,) rows, on the rows' device,
-with no host sync. A hash collision can only propose a wrong candidate, which the target rejects.
+hashes, no int64 overflow; the queries use the same function), sorted; a lookup is one ``searchsorted``
+over the (B, max_ngram) suffix keys of the rows, on the rows' device, with no host sync. A hash collision can only propose a wrong candidate, which the target rejects.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _suffix_hashes(last: torch.Tensor) -> torch.Tensor:
     result is the key of the last n tokens. Two 31-bit polynomial hashes, the length part of the key: the
     n-gram t_1..t_n hashes to n b^n + sum_j (t_j + 1) b^(n-j) mod p, a running sum over the reversed tokens
     (every product stays below 2**62: no int64 overflow)."""
-    m = last.shape[1]
+    m = last.shape[-1]
     halves = []
     for modulus, base in zip(_MODULI, _BASES):
         power = _powers(base, modulus, m + 1, last.device)  # (M+1,) b^i mod p
