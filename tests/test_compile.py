@@ -5,6 +5,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from transformers_pard import enable_pard
+from transformers_pard.hardware import python_headers_available
 from transformers_pard.runtime import PardOptions
 from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
 
@@ -31,11 +32,23 @@ def assert_plain_greedy(outputs):
     (None, False, {"freezing": True}),
     (False, False, None),
 ])
-def test_cpu_inductor_options_default_on_and_each_can_be_turned_off(freeze, cpp_wrapper, expected):
+def test_cpu_inductor_options_default_on_and_each_can_be_turned_off(freeze, cpp_wrapper, expected, monkeypatch):
+    import transformers_pard.runtime as runtime
+
+    monkeypatch.setattr(runtime, "python_headers_available", lambda: True)
     options = PardOptions(compile=True, freeze=freeze, cpp_wrapper=cpp_wrapper)
     assert options.compile_options(torch.device("cpu")) == expected
     assert options.compile_options(torch.device("cuda")) is None  # CUDA graphs there, no CPU settings
     assert PardOptions(compile=True, compile_backend="eager").compile_options(torch.device("cpu")) is None
+
+
+def test_without_python_headers_the_cpp_wrapper_is_off_by_default_and_refused_when_asked(monkeypatch):
+    import transformers_pard.runtime as runtime
+
+    monkeypatch.setattr(runtime, "python_headers_available", lambda: False)
+    assert PardOptions(compile=True).compile_options(torch.device("cpu")) == {"freezing": True}
+    with pytest.raises(ValueError, match=r"Python.h.*cpp_wrapper=False"):
+        PardOptions(compile=True, cpp_wrapper=True).compile_options(torch.device("cpu"))
 
 
 def test_no_recompiles_after_warm_up():
@@ -138,6 +151,7 @@ def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not python_headers_available(), reason="no Python.h: the C++ wrapper is off by default here")
 def test_cpu_graphs_call_their_kernels_from_cpp_by_default():
     """On a CPU the compiled forwards default to inductor's C++ wrapper (no Python between kernels); same tokens."""
     from torch._inductor.utils import run_and_get_code

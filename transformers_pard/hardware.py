@@ -7,6 +7,8 @@ bf16 maths is native on CUDA/ROCm GPUs that support it and on CPUs with AVX512-B
 from __future__ import annotations
 
 import functools
+import os
+import sysconfig
 
 import torch
 
@@ -25,6 +27,14 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@functools.cache
+def python_headers_available() -> bool:
+    """Whether Python's C headers are installed (``Python.h``): inductor's C++ wrapper builds a Python
+    extension a compiled graph, which needs them (its kernels alone do not)."""
+    include = sysconfig.get_paths().get("include") or ""
+    return os.path.exists(os.path.join(include, "Python.h"))
 
 
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:

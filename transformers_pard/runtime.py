@@ -17,6 +17,7 @@ from .attention import gqa_view
 from .cache import PardCacheManager, move_slots
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
+from .hardware import python_headers_available
 from .prepack import packed_view, prepack_available
 from .weights import weights_version
 
@@ -36,7 +37,7 @@ class PardOptions:
         compilations only; the model's parameters are not touched). Default: on for CPU with compile.
     cpp_wrapper: CPU only, inductor: the compiled graphs call their kernels from generated C++ instead of
         Python (``torch._inductor.config.cpp_wrapper``): ~6 % off a SmolLM2 verify on a 2-core CPU, about
-        twice the first compile. Default: on for CPU with compile.
+        twice the first compile. Default: on for CPU with compile where Python's C headers are installed.
     prepack: CPU fp32, eager: the engine's forwards use oneDNN linear kernels with weights packed once
         (``prepack.py``; a view of the model, extra memory = one copy of its linear weights; outputs
         agree to float rounding; each weight shape is packed only where it times faster on this CPU).
@@ -86,7 +87,12 @@ class PardOptions:
         """Inductor options for this device: on a CPU, weight freezing and the C++ wrapper unless turned off."""
         if not (self.compile and self.compile_backend == "inductor" and device.type == "cpu"):
             return None
-        wanted = {"freezing": self.freeze, "cpp_wrapper": self.cpp_wrapper}
+        if self.cpp_wrapper and not python_headers_available():
+            raise ValueError("cpp_wrapper=True builds a Python extension per compiled graph and needs Python's C "
+                             "headers (Python.h), which this Python lacks: install them (e.g. the python3-dev "
+                             "package) or pass cpp_wrapper=False.")
+        cpp_wrapper = self.cpp_wrapper if self.cpp_wrapper is not None else python_headers_available()
+        wanted = {"freezing": self.freeze, "cpp_wrapper": cpp_wrapper}
         return {key: True for key, flag in wanted.items() if flag is not False} or None
 
 
