@@ -53,6 +53,11 @@ class Scorer:
             return self.processors(dummy_ids, logits.reshape(-1, vocab)).reshape(batch, slots, vocab)
         return torch.stack([self.slot_scores(state, tokens[:, :j], logits[:, j]) for j in range(slots)], dim=1)
 
+    def unconditioned_scores(self, state, logits: torch.Tensor) -> torch.Tensor:
+        """``scores`` (B, S, V) with no drafted prefix: every slot seen after the committed text alone (a PARD
+        draft's slots, a token tree's nodes; exact with prefix-free processors only)."""
+        return self.scores(state, logits.new_zeros(logits.shape[0], 0, dtype=torch.long), logits)
+
     def slot_scores(self, state, drafted: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Scores (B, V) of one slot whose prefix is ``committed + drafted`` (B, j).
 

@@ -178,7 +178,7 @@ def static_tree(draft_logits: torch.Tensor, shape: TreeShape) -> TokenTree:
 def dynamic_trees(draft_logits: torch.Tensor, *, budgets: tuple[int, ...], top_n: int) -> dict[int, TokenTree]:
     """``dynamic_tree`` for several budgets at once (one top-k, one expansion at the largest budget): the
     best-b nodes of the largest budget's kept layers are the best-b tree, since every node of the best b
-    is among the best b of its depth (``dynamic_tree``'s argument). For a lookup branch's several shares."""
+    is among the best b of its depth (``dynamic_tree``'s argument). The engine asks for one budget."""
     return dynamic_trees_from_topk(*slot_topk(draft_logits, top_n), budgets=budgets)
 
 

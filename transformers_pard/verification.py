@@ -103,7 +103,7 @@ class SamplingVerifier(ChainVerifier):
         draft_logits = draft.full()  # (B, K, V): q lives on the target's vocabulary
         batch, k, vocab = draft_logits.shape
         if self.scorer.prefix_free:
-            q = torch.softmax(self.scorer.scores(state, draft_logits.new_zeros(batch, 0, dtype=torch.long), draft_logits), -1)
+            q = torch.softmax(self.scorer.unconditioned_scores(state, draft_logits), -1)
             tokens = torch.multinomial(q.reshape(-1, vocab), 1).reshape(batch, k)  # (B, K)
             return tokens, q
         # Prefix-dependent processors: slot j's q depends on d_1..d_{j}, so draw one slot at a time.
@@ -225,8 +225,7 @@ class TreeVerifier:
     def accept(self, state, proposal, q, target_logits) -> Verdict:
         if not isinstance(proposal, TokenTree):
             return self.chain.accept(state, proposal, q, target_logits)
-        empty = proposal.tokens[:, :0]
-        scores = self.scorer.scores(state, empty, target_logits)  # (B, 1+N, V)
+        scores = self.scorer.unconditioned_scores(state, target_logits)  # (B, 1+N, V) each node its own prefix
         verdict = self._accept_tree(proposal, q, scores)
         lookup_only = proposal.rank.gather(1, verdict.path.clamp(min=0)) < 0  # (B, K) nodes only the lookup held
         return Verdict(verdict.chunk, verdict.length, scores, verdict.path_slots,
@@ -260,8 +259,7 @@ class GreedyTreeVerifier(TreeVerifier):
             return self._ranked(state, draft), None
         if not self.scorer.processors and self._fits(draft.values.shape[1:]):
             return self._greedy_tree(draft.values, draft.target_ids), None
-        empty = draft.values.new_zeros(draft.values.shape[0], 0, dtype=torch.long)
-        scores = self.scorer.scores(state, empty, draft.full())  # (B, K, V) prefix-free processors
+        scores = self.scorer.unconditioned_scores(state, draft.full())  # (B, K, V) prefix-free processors
         return self._greedy_tree(scores, lambda columns: columns), None
 
     def _ranked(self, state, draft: DraftLogits) -> TokenTree:
@@ -269,8 +267,7 @@ class GreedyTreeVerifier(TreeVerifier):
         scores, target_ids = draft.values, draft.target_ids
         k, columns = scores.shape[1:]
         if self.scorer.processors or dynamic_capacity(self.budget, k, columns) < self.budget:
-            empty = scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
-            scores, target_ids = self.scorer.scores(state, empty, draft.full()), lambda ids: ids  # (B, K, V)
+            scores, target_ids = self.scorer.unconditioned_scores(state, draft.full()), lambda ids: ids  # (B, K, V)
         top_n = expansion_width(self.budget, k, scores.shape[2], self.top_n)
         log_q, columns = slot_topk(scores, top_n)  # (B, K, n) each
         end = state.prompt_len + state.num_generated  # (B,) one past the newest committed token
@@ -331,9 +328,7 @@ class SamplingTreeVerifier(TreeVerifier):
         return self.shapes[self.budget - self.lookup]
 
     def propose(self, state, draft: DraftLogits):
-        draft_logits = draft.full()  # (B, K, V)
-        empty = draft_logits.new_zeros(draft_logits.shape[0], 0, dtype=torch.long)
-        q = torch.softmax(self.scorer.scores(state, empty, draft_logits), -1)  # (B, K, V) prefix-free processors
+        q = torch.softmax(self.scorer.unconditioned_scores(state, draft.full()), -1)  # (B, K, V) prefix-free processors
         trees = lambda counts: {n: sampled_tree(q, self.shapes[n]) for n in counts}  # noqa: E731
         return self._tree(state, trees), q
 
