@@ -79,8 +79,7 @@ class _RowSlotLayer(CacheLayerMixin):
 class PardStaticCache(Cache):
     """A static cache with per-row write slots and per-row live lengths (see module docstring)."""
 
-    def __init__(self, *, num_layers: int, capacity: int, max_positions: int | None, attn_implementation: str,
-                 window_granularity: int | None = None):
+    def __init__(self, *, num_layers: int, capacity: int, max_positions: int | None, attn_implementation: str):
         if attn_implementation not in SUPPORTED_ATTENTION:
             raise ValueError(
                 f"PARD needs a model loaded with attn_implementation in {SUPPORTED_ATTENTION} (per-row 4D "
@@ -93,8 +92,9 @@ class PardStaticCache(Cache):
         self.write_slots: torch.Tensor | None = None  # (B, T) set by `plan` before every forward
         self.mask: torch.Tensor | None = None  # (B, 1, T, W) the attention mask `plan` built for it
         #: Attention reads slots [0, W), W = the highest real query slot + 1 rounded up to this many
-        #: slots (None: the whole capacity, W = C). Needs one host read of the lengths a forward.
-        self.window_granularity = window_granularity
+        #: slots (None: the whole capacity, W = C). Needs one host read of the lengths a forward. Set by
+        #: the cache manager for each call (``PardCacheManager.cache(windowed=...)``).
+        self.window_granularity: int | None = None
         self.length: torch.Tensor | None = None  # (B,) live slots per row
         self.pad: torch.Tensor | None = None  # (B,) left-padding slots per row
         super().__init__(layers=[_RowSlotLayer(self) for _ in range(num_layers)])
