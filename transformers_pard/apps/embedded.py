@@ -27,14 +27,21 @@ def smollm2_dir() -> str:
     return os.path.dirname(spec.origin)
 
 
+def load_smollm2_tokenizer():
+    """The embedded SmolLM2-135M-Instruct's tokenizer alone (left padding, as ``load_smollm2``'s)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_smollm2(*, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", attn: str = "sdpa"):
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct in eval mode; ``attn``: "sdpa" or "eager"."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    folder = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=dtype, attn_implementation=attn)
+    tokenizer = load_smollm2_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE, dtype=dtype, attn_implementation=attn)
     return model.to(device).eval(), tokenizer
 
 

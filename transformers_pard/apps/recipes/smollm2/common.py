@@ -19,12 +19,13 @@ from ....hardware import bf16_is_fast
 from ..self_instruct import INSTRUCT_FILE
 
 DATA_FILE = "distill.jsonl"
-#: Every training file the train stage reads when present: the data stage's and the instruct stage's.
-TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE)
+CORPUS_FILE = "corpus.jsonl"  # the corpus stage's real text (Python's standard library), for KD from the target
+#: Every training file the train stage reads when present: the data, instruct and corpus stages'.
+TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE, CORPUS_FILE)
 HELDOUT_FILE = "heldout_prompts.jsonl"
 RECIPE_FILE = "recipe.json"  # the train-stage settings of a run, quoted by its model card
 MASK_TOKEN = "<empty_output>"  # a special token SmolLM2's chat data never uses: the PARD mask
-STAGES = ("data", "instruct", "train", "eval", "export", "subset", "store", "all")
+STAGES = ("data", "instruct", "corpus", "train", "eval", "export", "subset", "store", "all")
 DTYPES = ("auto", "fp32", "bf16")
 
 #: SmolLM2's PARD-2 features: the final (normed) hidden state and layer 11's output. The published
@@ -58,6 +59,8 @@ class RecipeOptions:
     meta_prompts: str = field(default="short", metadata=_help(
         "instruct stage: 'short' requests, or 'long' ones (multi-step word problems, typed stubs with examples; "
         "seeds >= 1)", choices=("short", "long")))
+    corpus_chunks: int = field(default=3000, metadata=_help(
+        "corpus stage: chunks of Python's standard library source (real text for --pard2 --pard2-loss-only KD)"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from ...embedded import load_smollm2
 from ..distill import distill
 from ..prompts import build_prompt_records
 from ..self_instruct import self_instruct_stage
-from .common import DATA_FILE, HELDOUT_FILE
+from ..corpus import corpus_digest, stdlib_chunks, stdlib_root
+from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE
 
 
 def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
@@ -51,3 +52,28 @@ def instruct_stage(out_dir: str, *, num_questions: int = 1280, seed: int = 0, dt
     model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
     return self_instruct_stage(model, tokenizer, out_dir, num_questions=num_questions, batch_size=batch_size,
                                max_new_tokens=max_new_tokens, seed=seed, style=style)
+
+
+def corpus_stage(out_dir: str, *, num_chunks: int = 3000, max_tokens: int = 300, seed: int = 0) -> str:
+    """Stage ``corpus``: ``num_chunks`` chunks of Python's standard library source as ``{"text": ...}`` records
+    (``corpus.stdlib_chunks``) in ``out_dir/corpus.jsonl``, which the train stage then reads with the answers;
+    what was taken (Python version, chunk count, tokens, digest) goes to ``corpus.json``. No target runs here:
+    its distribution over the text comes from the train stage's own target pass (``--pard2 --pard2-loss-only``)."""
+    import platform
+
+    from ...embedded import load_smollm2_tokenizer
+    tokenizer = load_smollm2_tokenizer()
+    texts = stdlib_chunks(tokenizer, num_chunks=num_chunks, max_tokens=max_tokens, seed=seed)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CORPUS_FILE)
+    with open(path, "w") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}) + "\n")
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    record = {"source": "python standard library", "python": platform.python_version(), "root": stdlib_root(),
+              "chunks": num_chunks, "max_tokens": max_tokens, "seed": seed, "tokens": tokens,
+              "digest": corpus_digest(texts)}
+    with open(os.path.join(out_dir, "corpus.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(json.dumps(record))
+    return path
