@@ -70,8 +70,7 @@ def test_corpus_stage_writes_text_records_the_train_stage_reads(tmp_path, monkey
     monkeypatch.setattr(smollm2_data, "stdlib_root", lambda: str(tmp_path / "lib"))
     monkeypatch.setattr(smollm2_data, "stdlib_chunks",
                         lambda tokenizer, **kw: corpus.stdlib_chunks(tokenizer, root=str(tmp_path / "lib"), min_tokens=3, **kw))
-    import transformers_pard.apps.embedded as embedded
-    monkeypatch.setattr(embedded, "load_smollm2_tokenizer", WordTokenizer)
+    monkeypatch.setattr(smollm2_data, "load_smollm2_tokenizer", WordTokenizer)
     out = tmp_path / "out"
     path = smollm2_data.corpus_stage(str(out), num_chunks=4, max_tokens=12)
     records = [json.loads(line) for line in open(path)]

@@ -32,11 +32,13 @@ FLAGS = ["recipe", "smollm2", "--stage", "train", "--run-name", "cont", "--pard2
          "--pard2-scale", "0.3", "--k", "4", "--num-layers", "2", "--epochs", "2", "--max-steps", "7", "--lr", "1e-3",
          "--init-from", "runs/x", "--warmup-steps", "3", "--freeze-mask-row", "--dtype", "bf16",
          "--pard2-standardize", "--pard2-projection-only", "--optim", "sgd", "--optim-args", "momentum=0.9",
-         "--pard2-cache", "runs/cache", "--vocab-subset", "4096", "--batch-size", "8", "--max-length", "256"]
+         "--pard2-cache", "runs/cache", "--vocab-subset", "4096", "--batch-size", "8", "--max-length", "256",
+         "--time-budget", "90", "--save-steps", "20"]
 SETTINGS = TrainSettings(k=4, num_layers=2, epochs=2.0, max_steps=7, lr=1e-3, warmup_steps=3, init_from="runs/x",
                          run_name="cont", optim="sgd", optim_args="momentum=0.9", pard2=True, pard2_layers=(-1, -4),
                          pard2_scale=0.3, pard2_standardize=True, pard2_projection_only=True, pard2_cache="runs/cache",
-                         vocab_subset=4096, freeze_mask_row=True, dtype="bf16", batch_size=8, max_length=256)
+                         vocab_subset=4096, freeze_mask_row=True, dtype="bf16", batch_size=8, max_length=256,
+                         time_budget=90.0, save_steps=20)
 
 
 def test_every_flag_reaches_the_train_stage(monkeypatch):
@@ -44,6 +46,28 @@ def test_every_flag_reaches_the_train_stage(monkeypatch):
     monkeypatch.setattr(smollm2, "train_stage", lambda out, **kwargs: calls.append((out, kwargs)))
     smollm2.run_stage("train", parse([*FLAGS, "--out", "runs/o"]))
     assert calls == [("runs/o", {"settings": SETTINGS})]
+
+
+@pytest.mark.parametrize("stage", ["data", "instruct"])
+def test_generation_stages_run_where_asked_with_a_batch_for_the_device(stage, monkeypatch):
+    calls = []
+    monkeypatch.setattr(smollm2, f"{stage}_stage", lambda out, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    smollm2.run_stage(stage, parse(["recipe", "smollm2", "--stage", stage, "--dtype", "fp32"]))
+    smollm2.run_stage(stage, parse(["recipe", "smollm2", "--stage", stage, "--dtype", "fp32", "--gen-batch-size", "7"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    smollm2.run_stage(stage, parse(["recipe", "smollm2", "--stage", stage, "--dtype", "fp32"]))
+    smollm2.run_stage(stage, parse(["recipe", "smollm2", "--stage", stage, "--dtype", "fp32", "--device", "cpu"]))
+    places = [(c["device"], c.get("batch_size")) for c in calls]
+    assert places == [("cpu", None), ("cpu", 7), ("cuda", smollm2.GPU_GENERATION_BATCH), ("cpu", None)]
+    assert all(c["dtype"] == torch.float32 for c in calls)
+
+
+def test_a_time_budget_replaces_the_step_schedule():
+    config = smollm2.train_config(TrainSettings(time_budget=60.0), draft="d", data=("x.jsonl",), output="o", bf16=False)
+    assert config.time_budget == 60.0 and "lr_scheduler_type" not in config.extra_args
+    assert smollm2.train_config(TrainSettings(), draft="d", data=("x.jsonl",), output="o",
+                                bf16=False).extra_args["lr_scheduler_type"] == "cosine"
 
 
 def test_defaults_are_the_dataclasses():

@@ -17,6 +17,7 @@ One module per concern, each importing only those above it:
 * ``target_pass``: the frozen target's features, gold probabilities and logits (PARD-2);
   ``target_cache``: the same, precomputed to disk; ``subset``: a vocabulary-subset head's loss;
 * ``trainers``: ``PardTrainer``, ``DistillTrainer``, ``Pard2Trainer``; ``run``: ``train_draft`` end to end;
+  ``time_budget``: training for a fixed wall-clock time (``TimeBudget``, ``--time-budget``);
 * ``evaluate``: tau, by the engine (``measure_tau``) or teacher-forced (``teacher_forced_tau``).
 
 Separate from the inference engine: nothing in ``transformers_pard`` itself imports this package.
@@ -32,6 +33,7 @@ from .losses import cat_weights, distill_kl, pard2_loss, pard_loss
 from .run import setup_pard2, train_draft, train_pard2_draft
 from .subset import VocabSubset, subset_ids
 from .target_pass import TargetPass, run_target
+from .time_budget import TimeBudget
 from .trainers import DistillTrainer, Pard2Trainer, PardTrainer
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "Pard2Trainer",
     "PreparedDraft",
     "TargetPass",
+    "TimeBudget",
     "TauReport",
     "TeacherForcedReport",
     "VocabSubset",

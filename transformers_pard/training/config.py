@@ -16,6 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from .collator import PardLayoutConfig
+from .time_budget import TIME_BUDGET_SCHEDULER
 
 #: How a target cache may store features (``Pard2Options.cache_dtype``).
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
@@ -144,6 +145,9 @@ class PardTrainConfig:
     vocab_subset: int | None = field(default=None, metadata=_help(
         "train a vocabulary-subset head: the N most frequent label ids of the data (EOS and the mask token "
         "always in); the loss never computes full-vocabulary logits", metavar="N"))
+    time_budget: float | None = field(default=None, metadata=_help(
+        "train for at most this many seconds, the learning rate decaying over the time (cosine after the "
+        "warm-up) instead of over the steps; epochs / max steps still cap the run", metavar="SECONDS"))
 
     def __post_init__(self):
         object.__setattr__(self, "data", (self.data,) if isinstance(self.data, str) else tuple(self.data))
@@ -162,6 +166,13 @@ class PardTrainConfig:
         if self.vocab_subset is not None and self.vocab_subset < 1:
             raise ValueError(f"vocab_subset is a number of token ids (>= 1) or None, got {self.vocab_subset}.")
         optimizer_args(self.optim, self.optim_args)  # validates the pair
+        if self.time_budget is not None:
+            if not (math.isfinite(self.time_budget) and self.time_budget > 0):
+                raise ValueError(f"time_budget is a positive number of seconds, got {self.time_budget!r}.")
+            scheduler = self.extra_args.get("lr_scheduler_type", TIME_BUDGET_SCHEDULER)
+            if getattr(scheduler, "value", scheduler) != TIME_BUDGET_SCHEDULER:  # a string or a SchedulerType
+                raise ValueError(f"time_budget decays the learning rate over the time itself; lr_scheduler_type "
+                                 f"{scheduler!r} would decay it over the steps too: drop one of them.")
 
 
 def optimizer_args(optim: str | None, optim_args: str | None) -> dict:
@@ -201,5 +212,7 @@ def training_arguments(config: PardTrainConfig) -> TrainingArguments:
         dataloader_num_workers=0,
         **optimizer_args(config.optim, config.optim_args),
     )
+    if config.time_budget is not None:  # warm-up, then flat: training.time_budget.TimeBudget decays it
+        kwargs["lr_scheduler_type"] = TIME_BUDGET_SCHEDULER
     kwargs.update(config.extra_args)
     return TrainingArguments(**kwargs)

@@ -25,6 +25,7 @@ from .data import load_training_examples
 from .draft import attach_pard2, prepare_draft
 from .subset import subset_ids
 from .target_pass import check_target_layers
+from .time_budget import TimeBudget
 from .trainers import DistillTrainer, Pard2Trainer, PardTrainer
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ def make_collator(config: PardTrainConfig, tokenizer, mask_id: int) -> PardDataC
     )
 
 
+def time_budget_callbacks(config: PardTrainConfig) -> list:
+    """``[TimeBudget]`` when the run has a time budget, else none."""
+    return [] if config.time_budget is None else [TimeBudget(config.time_budget, warmup_steps=config.warmup_steps)]
+
+
 def train_draft(config: PardTrainConfig, *, callbacks: Sequence | None = None, target=None) -> Path:
     """Train a PARD draft end to end; returns the folder holding the final model.
 
@@ -136,7 +142,7 @@ def train_draft(config: PardTrainConfig, *, callbacks: Sequence | None = None, t
         train_dataset=examples,
         data_collator=make_collator(config, tokenizer, mask_id),
         processing_class=tokenizer,
-        callbacks=list(callbacks or []),
+        callbacks=[*(callbacks or []), *time_budget_callbacks(config)],
         **extra,
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))

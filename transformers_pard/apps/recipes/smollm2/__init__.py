@@ -32,6 +32,7 @@ from .common import (
     RECIPE_FILE,
     RecipeOptions,
     TrainSettings,
+    data_device,
     run_dir_name,
     use_bf16,
 )
@@ -47,6 +48,10 @@ __all__ = [
     "export_stage", "full_draft_folder", "hidden_state_stats", "model_card", "recipe_commands", "recipe_flags",
     "run_dir_name", "run_stage", "store_stage", "subset_stage", "train_config", "train_stage",
 ]
+
+
+#: Answers generated together on a GPU (``--gen-batch-size`` unset): the 135M target is launch-bound there.
+GPU_GENERATION_BATCH = 512
 
 
 def recipe_flags() -> HfArgumentParser:
@@ -65,12 +70,15 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
     """Run one stage ("data", "instruct", "corpus", "train", "eval", "export", "subset" or "store") of a parsed ``recipe`` command line."""
     settings = TrainSettings(**flag_values(TrainSettings, args))
     run = dict(k=settings.k, num_layers=settings.num_layers, pard2=settings.pard2, run_name=settings.run_name)
+    device = data_device(args.device)
+    generation = dict(seed=settings.seed, device=device, dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32,
+                      **({} if args.gen_batch_size is None and device == "cpu" else
+                         {"batch_size": args.gen_batch_size or GPU_GENERATION_BATCH}))
     if stage == "data":
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1, train_prompts=args.train_prompts,
-                   seed=settings.seed, dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
+                   **generation)
     elif stage == "instruct":
-        instruct_stage(args.out, num_questions=args.num_questions, seed=settings.seed, style=args.meta_prompts,
-                       dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32)
+        instruct_stage(args.out, num_questions=args.num_questions, style=args.meta_prompts, **generation)
     elif stage == "corpus":
         corpus_stage(args.out, num_chunks=args.corpus_chunks, seed=settings.seed)
     elif stage == "train":

@@ -59,6 +59,10 @@ class RecipeOptions:
     meta_prompts: str = field(default="short", metadata=_help(
         "instruct stage: 'short' requests, or 'long' ones (multi-step word problems, typed stubs with examples; "
         "seeds >= 1)", choices=("short", "long")))
+    device: str = field(default="auto", metadata=_help(
+        "data / instruct stages: where the target writes its answers (auto: cuda where available, else cpu)"))
+    gen_batch_size: int | None = field(default=None, metadata=_help(
+        "data / instruct stages: answers generated together (default: 48 / 64 on a CPU, 512 on a GPU)", metavar="N"))
     corpus_chunks: int = field(default=3000, metadata=_help(
         "corpus stage: chunks of Python's standard library source (real text for --pard2 --pard2-loss-only KD)"))
 
@@ -106,6 +110,10 @@ class TrainSettings:
     cod_ratio: float = field(default=0.7, metadata=_help("train stage: COD keep ratio r"))
     cod_min: float = field(default=0.2, metadata=_help("train stage: COD floor r_min"))
     seed: int = field(default=0, metadata=_help("seed of the data stage and of training"))
+    save_steps: int = field(default=50, metadata=_help("train stage: checkpoint every N optimizer steps"))
+    time_budget: float | None = field(default=None, metadata=_help(
+        "train stage: stop after this many seconds, the learning rate decaying over the time (cosine) instead of "
+        "over the steps (a lent machine, a session's end)", metavar="SECONDS"))
 
     def __post_init__(self):
         object.__setattr__(self, "pard2_layers", tuple(int(layer) for layer in self.pard2_layers))
@@ -135,6 +143,11 @@ def training_files(out_dir: str) -> tuple[str, ...]:
         seeds = {int(m.group(1) or 0): name for name in names if (m := pattern.fullmatch(name))}
         found += [os.path.join(out_dir, seeds[seed]) for seed in sorted(seeds)]
     return tuple(found) or (os.path.join(out_dir, DATA_FILE),)
+
+
+def data_device(choice: str) -> str:
+    """``--device``: "auto" is cuda (CUDA or ROCm) where torch sees one, else cpu; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
 
 
 def use_bf16(choice: str) -> bool:

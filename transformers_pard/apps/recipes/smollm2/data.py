@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 
 import torch
 
 from ....hardware import fast_dtype
-from ...embedded import load_smollm2
+from ...embedded import load_smollm2, load_smollm2_tokenizer
 from ..distill import distill
 from ..prompts import build_prompt_records
 from ..self_instruct import self_instruct_stage
@@ -21,12 +22,12 @@ from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE
 
 def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
                batch_size: int = 48, max_new_tokens: int = 128, seed: int = 0, train_prompts: int | None = None,
-               dtype: torch.dtype | None = None) -> str:
+               dtype: torch.dtype | None = None, device: str = "cpu") -> str:
     """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path.
 
     ``train_prompts`` answers only the first N training prompts (the split, and so the held-out prompts,
-    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is native
-    (``hardware.fast_dtype``), else fp32.
+    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is native on
+    ``device`` (``hardware.fast_dtype``), else fp32.
     """
     os.makedirs(out_dir, exist_ok=True)
     records = build_prompt_records(num_prompts + heldout, seed=seed)
@@ -39,17 +40,17 @@ def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, samp
     for r in range(sampled_repeats):  # more answers where distinct prompts are few
         jobs += [(f"s{r}-{i}", prompt, True) for i, (family, prompt) in enumerate(train) if family != "math"]
     torch.manual_seed(seed)
-    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
+    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype(device), device=device)
     path = os.path.join(out_dir, DATA_FILE)
     distill(model, tokenizer, jobs, path, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return path
 
 
 def instruct_stage(out_dir: str, *, num_questions: int = 1280, seed: int = 0, dtype: torch.dtype | None = None,
-                   batch_size: int = 64, max_new_tokens: int = 128, style: str = "short") -> str:
+                   batch_size: int = 64, max_new_tokens: int = 128, style: str = "short", device: str = "cpu") -> str:
     """Stage ``instruct``: the target writes ``num_questions`` requests of its own (``self_instruct``), then
     answers the usable ones (greedy); the first 40 go to the held-out file. Returns the data path."""
-    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype("cpu"))
+    model, tokenizer = load_smollm2(dtype=dtype or fast_dtype(device), device=device)
     return self_instruct_stage(model, tokenizer, out_dir, num_questions=num_questions, batch_size=batch_size,
                                max_new_tokens=max_new_tokens, seed=seed, style=style)
 
@@ -59,9 +60,6 @@ def corpus_stage(out_dir: str, *, num_chunks: int = 3000, max_tokens: int = 300,
     (``corpus.stdlib_chunks``) in ``out_dir/corpus.jsonl``, which the train stage then reads with the answers;
     what was taken (Python version, chunk count, tokens, digest) goes to ``corpus.json``. No target runs here:
     its distribution over the text comes from the train stage's own target pass (``--pard2 --pard2-loss-only``)."""
-    import platform
-
-    from ...embedded import load_smollm2_tokenizer
     tokenizer = load_smollm2_tokenizer()
     texts = stdlib_chunks(tokenizer, num_chunks=num_chunks, max_tokens=max_tokens, seed=seed)
     os.makedirs(out_dir, exist_ok=True)

@@ -100,17 +100,18 @@ def init_draft_folder(out_dir: str, settings: TrainSettings) -> str:
 
 
 def train_config(settings: TrainSettings, *, draft: str, data: tuple[str, ...], output: str, bf16: bool) -> PardTrainConfig:
-    """The ``PardTrainConfig`` of a recipe run: cosine schedule, no weight decay, resumable, the recipe's
-    mask token (and PARD-2 options when ``settings.pard2``)."""
+    """The ``PardTrainConfig`` of a recipe run: cosine schedule (over the steps, or over ``time_budget``
+    seconds), no weight decay, resumable, the recipe's mask token (and PARD-2 options when ``settings.pard2``)."""
     s = settings
     pard2 = Pard2Options(layers=s.pard2_layers, scale=s.pard2_scale, standardize=s.pard2_standardize,
                          projection_only=s.pard2_projection_only, loss_only=s.pard2_loss_only, cache=s.pard2_cache) if s.pard2 else None
     return PardTrainConfig(
         draft=draft, data=tuple(data), output=output, k=s.k, cod_ratio=s.cod_ratio, cod_min=s.cod_min, epochs=s.epochs,
         max_steps=s.max_steps, learning_rate=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
-        grad_accum=s.grad_accum, max_length=s.max_length, bf16=bf16, resume="latest", save_steps=50,
+        grad_accum=s.grad_accum, max_length=s.max_length, bf16=bf16, resume="latest", save_steps=s.save_steps,
         logging_steps=10, mask_token=MASK_TOKEN, seed=s.seed, optim=s.optim, optim_args=s.optim_args,
-        vocab_subset=s.vocab_subset, extra_args={"lr_scheduler_type": "cosine", "weight_decay": 0.0}, pard2=pard2,
+        vocab_subset=s.vocab_subset, pard2=pard2, time_budget=s.time_budget,
+        extra_args={"weight_decay": 0.0, **({} if s.time_budget else {"lr_scheduler_type": "cosine"})},
     )
 
 
