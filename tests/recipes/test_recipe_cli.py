@@ -61,6 +61,9 @@ def test_generation_stages_run_where_asked_with_a_batch_for_the_device(stage, mo
     places = [(c["device"], c.get("batch_size")) for c in calls]
     assert places == [("cpu", None), ("cpu", 7), ("cuda", smollm2.GPU_GENERATION_BATCH), ("cpu", None)]
     assert all(c["dtype"] == torch.float32 for c in calls)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no such device"):
+        smollm2.run_stage(stage, parse(["recipe", "smollm2", "--stage", stage, "--device", "cuda"]))
 
 
 def test_a_time_budget_replaces_the_step_schedule():

@@ -71,7 +71,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
     settings = TrainSettings(**flag_values(TrainSettings, args))
     run = dict(k=settings.k, num_layers=settings.num_layers, pard2=settings.pard2, run_name=settings.run_name)
     device = data_device(args.device)
-    generation = dict(seed=settings.seed, device=device, dtype=torch.bfloat16 if use_bf16(settings.dtype) else torch.float32,
+    generation = dict(seed=settings.seed, device=device,
+                      dtype=torch.bfloat16 if use_bf16(settings.dtype, device) else torch.float32,
                       **({} if args.gen_batch_size is None and device == "cpu" else
                          {"batch_size": args.gen_batch_size or GPU_GENERATION_BATCH}))
     if stage == "data":

@@ -146,13 +146,21 @@ def training_files(out_dir: str) -> tuple[str, ...]:
 
 
 def data_device(choice: str) -> str:
-    """``--device``: "auto" is cuda (CUDA or ROCm) where torch sees one, else cpu; anything else as given."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+    """``--device``: "auto" is cuda (CUDA or ROCm) where torch sees one, else cpu; "cpu", "cuda" or "cuda:N"
+    as given, where torch has it."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice != "cpu" and not (choice.split(":")[0] == "cuda" and torch.cuda.is_available()):
+        raise ValueError(f"--device {choice}: torch sees no such device here (CUDA/ROCm available: "
+                         f"{torch.cuda.is_available()}); use --device auto, cpu or cuda.")
+    return choice
 
 
-def use_bf16(choice: str) -> bool:
-    """``--dtype``: "bf16" / "fp32", or for "auto" whether bf16 is native on this machine."""
-    return bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice == "bf16"
+def use_bf16(choice: str, device: str | None = None) -> bool:
+    """``--dtype``: "bf16" / "fp32", or for "auto" whether bf16 is native on ``device`` (default: this
+    machine's GPU if torch sees one, else its CPU)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return bf16_is_fast(device) if choice == "auto" else choice == "bf16"
 
 
 def write_record(run_dir: str, settings: TrainSettings) -> None:

@@ -13,10 +13,10 @@ import torch
 
 from ....hardware import fast_dtype
 from ...embedded import load_smollm2, load_smollm2_tokenizer
+from ..corpus import corpus_digest, stdlib_chunks, stdlib_root
 from ..distill import distill
 from ..prompts import build_prompt_records
 from ..self_instruct import self_instruct_stage
-from ..corpus import corpus_digest, stdlib_chunks, stdlib_root
 from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE
 
 
