@@ -41,7 +41,6 @@ class TimeBudget(TrainerCallback):
             raise ValueError(f"a time budget is a positive number of seconds, got {seconds!r}.")
         self.seconds, self.warmup_steps, self.clock = seconds, warmup_steps, clock or monotonic_clock()
         self.start = self.decay_start = None
-        self.scale = 1.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.clock()
@@ -52,9 +51,9 @@ class TimeBudget(TrainerCallback):
         if self.decay_start is None and state.global_step >= self.warmup_steps:
             self.decay_start = now
         if self.decay_start is not None and optimizer is not None:
-            self.scale = cosine_scale(now - self.decay_start, self.seconds - (self.decay_start - self.start))
+            scale = cosine_scale(now - self.decay_start, self.seconds - (self.decay_start - self.start))
             for group in optimizer.param_groups:  # the scheduler has just set the flat rate for the next step
-                group["lr"] *= self.scale
+                group["lr"] *= scale
         if now - self.start >= self.seconds:
             control.should_training_stop = True
             control.should_save = True

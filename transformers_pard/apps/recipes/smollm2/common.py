@@ -159,8 +159,7 @@ def data_device(choice: str) -> str:
 def use_bf16(choice: str, device: str | None = None) -> bool:
     """``--dtype``: "bf16" / "fp32", or for "auto" whether bf16 is native on ``device`` (default: this
     machine's GPU if torch sees one, else its CPU)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return bf16_is_fast(device) if choice == "auto" else choice == "bf16"
+    return bf16_is_fast(device or data_device("auto")) if choice == "auto" else choice == "bf16"
 
 
 def write_record(run_dir: str, settings: TrainSettings) -> None:
