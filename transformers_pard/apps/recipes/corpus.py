@@ -14,10 +14,12 @@ names the exact text (the manifest records it with the Python version).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import random
 import sysconfig
+import textwrap
 from collections.abc import Iterator
 
 #: Folders of the standard library that are not library code (test suites, demos, vendored wheels).
@@ -79,3 +81,39 @@ def corpus_digest(texts: list[str]) -> str:
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     return digest.hexdigest()[:16]
+
+
+def function_stubs(source: str, *, min_doc_chars: int = 40, max_doc_chars: int = 1000) -> Iterator[str]:
+    """The public functions and methods of one module's ``source`` that carry a docstring of
+    ``min_doc_chars``-``max_doc_chars`` characters, each as its ``def`` line(s) and docstring, dedented and
+    without decorators or body: a completion request of the kind users write. Unparsable source gives none."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return
+    lines = source.splitlines(keepends=True)
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(node)
+        if doc is None or not min_doc_chars <= len(doc) <= max_doc_chars:
+            continue
+        yield textwrap.dedent("".join(lines[node.lineno - 1 : node.body[0].end_lineno]))
+
+
+def stdlib_stubs(*, num_stubs: int, seed: int = 0, root: str | None = None, **limits) -> list[str]:
+    """A seeded sample of ``num_stubs`` distinct ``function_stubs`` of the standard library, in file order
+    (``num_stubs=0``: all of them). Raises if the library holds fewer."""
+    root = root or stdlib_root()
+    stubs: dict[str, None] = {}  # distinct, in file order
+    for path in source_files(root):
+        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
+            stubs.update(dict.fromkeys(function_stubs(f.read(), **limits)))
+    found = list(stubs)
+    if len(found) < num_stubs:
+        raise ValueError(f"The standard library under {root} has {len(found)} documented public functions, fewer "
+                         f"than the {num_stubs} asked: ask for fewer (0 takes all).")
+    if not num_stubs:
+        return found
+    picked = sorted(random.Random(seed).sample(range(len(found)), num_stubs))
+    return [found[i] for i in picked]

@@ -82,9 +82,10 @@ def seeded_name(name: str, seed: int) -> str:
     return name if seed == 0 else name.replace(".jsonl", f"-s{seed}.jsonl")
 
 
-def heldout_prompts(out_dir: str) -> set[str]:
-    """The prompts of ``out_dir``'s held-out instruct split (empty before seed 0 has run)."""
-    path = os.path.join(out_dir, HELDOUT_INSTRUCT_FILE)
+def heldout_prompts(out_dir: str, name: str = HELDOUT_INSTRUCT_FILE) -> set[str]:
+    """The prompts of ``out_dir``'s held-out split ``name`` (default the instruct one; empty before the stage
+    that writes it has run)."""
+    path = os.path.join(out_dir, name)
     if not os.path.exists(path):
         return set()
     with open(path) as f:
