@@ -48,7 +48,7 @@ def test_every_flag_reaches_the_train_stage(monkeypatch):
     assert calls == [("runs/o", {"settings": SETTINGS})]
 
 
-@pytest.mark.parametrize("stage", ["data", "instruct", "library"])
+@pytest.mark.parametrize("stage", ["data", "instruct", "library", "stories"])
 def test_generation_stages_run_where_asked_with_a_batch_for_the_device(stage, monkeypatch):
     calls = []
     monkeypatch.setattr(smollm2, f"{stage}_stage", lambda out, **kwargs: calls.append(kwargs))

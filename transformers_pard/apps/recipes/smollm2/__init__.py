@@ -4,7 +4,8 @@ Stages, one module each (each resumable; all of them: ``python -m transformers_p
 
 1. ``data``  -- our template prompts, the target's answers, a held-out split for tau (``instruct``: requests
    the target writes itself, answered; ``library``: the standard library's documented functions as
-   completion requests, answered; ``corpus``: real text, Python's standard library, for KD);
+   completion requests, answered; ``stories``: composed multi-step word problems, answered; ``corpus``: real
+   text, Python's standard library, for KD);
 2. ``train`` -- draft = the target's first ``num_layers`` layers + its frozen embedding, PARD (or
    PARD-2) training with COD; the run's ``TrainSettings`` recorded in ``recipe.json``;
 3. ``evaluate`` (stage ``eval``) -- tau of the draft against the target on the held-out prompts;
@@ -37,7 +38,7 @@ from .common import (
     run_dir_name,
     use_bf16,
 )
-from .data import corpus_stage, data_stage, instruct_stage, library_stage
+from .data import corpus_stage, data_stage, instruct_stage, library_stage, stories_stage
 from .evaluate import eval_stage
 from .export import export_stage, model_card, recipe_commands, store_stage, subset_stage
 from .train import FreezeEmbeddingExceptMask, build_cut_draft, full_draft_folder, hidden_state_stats, train_config
@@ -47,7 +48,7 @@ __all__ = [
     "DATA_FILE", "HELDOUT_FILE", "MASK_TOKEN", "PARD2_LAYERS", "PARD2_SCALE", "RECIPE_FILE", "FreezeEmbeddingExceptMask",
     "RecipeOptions", "TrainSettings", "add_recipe_arguments", "build_cut_draft", "corpus_stage", "data_stage", "eval_stage",
     "export_stage", "full_draft_folder", "hidden_state_stats", "library_stage", "model_card", "recipe_commands", "recipe_flags",
-    "run_dir_name", "run_stage", "store_stage", "subset_stage", "train_config", "train_stage",
+    "run_dir_name", "run_stage", "store_stage", "stories_stage", "subset_stage", "train_config", "train_stage",
 ]
 
 
@@ -68,7 +69,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> None:
-    """Run one stage ("data", "instruct", "library", "corpus", "train", "eval", "export", "subset" or "store") of a parsed ``recipe`` command line."""
+    """Run one stage ("data", "instruct", "library", "stories", "corpus", "train", "eval", "export", "subset" or "store") of a parsed ``recipe`` command line."""
     settings = TrainSettings(**flag_values(TrainSettings, args))
     run = dict(k=settings.k, num_layers=settings.num_layers, pard2=settings.pard2, run_name=settings.run_name)
     device = data_device(args.device)
@@ -83,6 +84,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
         instruct_stage(args.out, num_questions=args.num_questions, style=args.meta_prompts, **generation)
     elif stage == "library":
         library_stage(args.out, num_stubs=args.library_stubs, **generation)
+    elif stage == "stories":
+        stories_stage(args.out, num_problems=args.num_stories, **generation)
     elif stage == "corpus":
         corpus_stage(args.out, num_chunks=args.corpus_chunks, seed=settings.seed)
     elif stage == "train":

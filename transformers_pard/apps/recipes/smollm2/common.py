@@ -21,12 +21,13 @@ from ..self_instruct import INSTRUCT_FILE
 DATA_FILE = "distill.jsonl"
 CORPUS_FILE = "corpus.jsonl"  # the corpus stage's real text (Python's standard library), for KD from the target
 LIBRARY_FILE = "distill-library.jsonl"  # the target's answers to the standard library's function stubs
-#: Every training file the train stage reads when present: the data, instruct, library and corpus stages'.
-TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE, LIBRARY_FILE, CORPUS_FILE)
+STORIES_FILE = "distill-stories.jsonl"  # the target's answers to composed word problems
+#: Every training file the train stage reads when present: the data, instruct, library, stories and corpus stages'.
+TRAINING_FILES = (DATA_FILE, INSTRUCT_FILE, LIBRARY_FILE, STORIES_FILE, CORPUS_FILE)
 HELDOUT_FILE = "heldout_prompts.jsonl"
 RECIPE_FILE = "recipe.json"  # the train-stage settings of a run, quoted by its model card
 MASK_TOKEN = "<empty_output>"  # a special token SmolLM2's chat data never uses: the PARD mask
-STAGES = ("data", "instruct", "library", "corpus", "train", "eval", "export", "subset", "store", "all")
+STAGES = ("data", "instruct", "library", "stories", "corpus", "train", "eval", "export", "subset", "store", "all")
 DTYPES = ("auto", "fp32", "bf16")
 
 #: SmolLM2's PARD-2 features: the final (normed) hidden state and layer 11's output. The published
@@ -61,12 +62,14 @@ class RecipeOptions:
         "instruct stage: 'short' requests, or 'long' ones (multi-step word problems, typed stubs with examples; "
         "seeds >= 1)", choices=("short", "long")))
     device: str = field(default="auto", metadata=_help(
-        "data / instruct / library stages: where the target writes its answers (auto: cuda where available, else cpu)"))
+        "data / instruct / library / stories stages: where the target writes its answers (auto: cuda where available, else cpu)"))
     gen_batch_size: int | None = field(default=None, metadata=_help(
-        "data / instruct / library stages: answers generated together (default: 48 / 64 on a CPU, 512 on a GPU)", metavar="N"))
+        "data / instruct / library / stories stages: answers generated together (default: 48 / 64 on a CPU, 512 on a GPU)", metavar="N"))
     library_stubs: int = field(default=0, metadata=_help(
         "library stage: documented functions of Python's standard library (def line + docstring) the target "
         "completes; 0 = all (~4,200 on Python 3.11)", metavar="N"))
+    num_stories: int = field(default=2000, metadata=_help(
+        "stories stage: multi-step word problems composed from story steps, answered by the target", metavar="N"))
     corpus_chunks: int = field(default=3000, metadata=_help(
         "corpus stage: chunks of Python's standard library source (real text for --pard2 --pard2-loss-only KD)"))
 

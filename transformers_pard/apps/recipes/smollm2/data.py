@@ -16,8 +16,9 @@ from ...embedded import load_smollm2, load_smollm2_tokenizer
 from ..corpus import corpus_digest, stdlib_chunks, stdlib_root, stdlib_stubs
 from ..distill import distill
 from ..prompts import build_prompt_records
+from ..stories import SCENARIOS, story_problems
 from ..self_instruct import CODE_STYLES, heldout_prompts, seeded_name, self_instruct_stage
-from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE, LIBRARY_FILE
+from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE, LIBRARY_FILE, STORIES_FILE
 
 
 def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, sampled_repeats: int = 1,
@@ -77,29 +78,46 @@ def corpus_stage(out_dir: str, *, num_chunks: int = 3000, max_tokens: int = 300,
     return path
 
 
-def library_stage(out_dir: str, *, num_stubs: int = 0, seed: int = 0, dtype: torch.dtype | None = None,
-                  batch_size: int = 64, max_new_tokens: int = 128, device: str = "cpu") -> str:
+def library_stage(out_dir: str, *, num_stubs: int = 0, seed: int = 0, **generation) -> str:
     """Stage ``library``: completion requests made of the standard library's documented public functions
     (``corpus.stdlib_stubs``: the ``def`` line and docstring, no body; ``num_stubs`` of them, 0 = all), answered
-    greedily by the target into ``distill-library.jsonl`` (another seed: ``-s{seed}``), which the train stage
-    reads with the other answers. Real requests at no generation cost for the request itself: the instruct
-    stage spends about four fifths of its time having the target write its requests. What was taken goes to
-    ``distill-library.json``. Returns the data path."""
+    greedily by the target into ``distill-library.jsonl`` (another seed: ``-s{seed}``). Real requests that cost
+    nothing to write: the instruct stage spends about four fifths of its time having the target write its
+    requests. Returns the data path."""
     rng = random.Random(seed)
-    exclude = heldout_prompts(out_dir) | heldout_prompts(out_dir, HELDOUT_FILE)  # tuning splits stay unseen
     stubs = stdlib_stubs(num_stubs=num_stubs, seed=seed)
-    prompts = [prompt for prompt in (rng.choice(CODE_STYLES).format(code=stub) for stub in stubs) if prompt not in exclude]
+    source = {"source": "python standard library: documented public functions", "python": platform.python_version(),
+              "root": stdlib_root(), "stubs": len(stubs)}
+    return answer_requests(out_dir, LIBRARY_FILE, [rng.choice(CODE_STYLES).format(code=stub) for stub in stubs],
+                           source, seed=seed, **generation)
+
+
+def stories_stage(out_dir: str, *, num_problems: int = 2000, seed: int = 0, **generation) -> str:
+    """Stage ``stories``: ``num_problems`` multi-step word problems composed from story steps
+    (``stories.story_problems``), answered greedily by the target into ``distill-stories.jsonl`` (another seed:
+    ``-s{seed}``): the math requests the target cannot write well itself. Returns the data path."""
+    source = {"source": "composed word problems (recipes.stories)", "scenarios": sorted(SCENARIOS)}
+    return answer_requests(out_dir, STORIES_FILE, story_problems(num_problems, seed=seed), source, seed=seed,
+                           **generation)
+
+
+def answer_requests(out_dir: str, name: str, prompts: list[str], source: dict, *, seed: int = 0,
+                    dtype: torch.dtype | None = None, batch_size: int = 64, max_new_tokens: int = 128,
+                    device: str = "cpu") -> str:
+    """The target's greedy answers to ``prompts`` (minus any of the held-out splits under ``out_dir``) appended
+    to ``out_dir/name`` (``-s{seed}`` for a seed other than 0; resumable), with a manifest beside it (``.json``:
+    ``source``, the counts and a digest of the prompts). Returns the data path."""
+    exclude = heldout_prompts(out_dir) | heldout_prompts(out_dir, HELDOUT_FILE)  # tuning splits stay unseen
+    kept = [prompt for prompt in prompts if prompt not in exclude]
     os.makedirs(out_dir, exist_ok=True)
-    record = {"source": "python standard library: documented public functions", "python": platform.python_version(),
-              "root": stdlib_root(), "stubs": len(stubs), "prompts": len(prompts), "seed": seed,
-              "digest": corpus_digest(prompts)}
-    path = os.path.join(out_dir, seeded_name(LIBRARY_FILE, seed))
-    with open(path.replace(".jsonl", ".json"), "w") as f:  # the manifest beside the answers
+    path = os.path.join(out_dir, seeded_name(name, seed))
+    record = {**source, "prompts": len(kept), "seed": seed, "digest": corpus_digest(kept)}
+    with open(path.replace(".jsonl", ".json"), "w") as f:
         json.dump(record, f, indent=1)
     print(json.dumps(record))
     torch.manual_seed(seed)
     model, tokenizer = load_smollm2(dtype=dtype or fast_dtype(device), device=device)
-    distill(model, tokenizer, [(f"l-{i}", prompt, False) for i, prompt in enumerate(prompts)], path,
+    prefix = name.removeprefix("distill-")[0]
+    distill(model, tokenizer, [(f"{prefix}-{i}", prompt, False) for i, prompt in enumerate(kept)], path,
             batch_size=batch_size, max_new_tokens=max_new_tokens)
     return path
-
