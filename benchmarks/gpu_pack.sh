@@ -37,7 +37,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .gpu/c/whl $WHEELS
 
-tar -C "$DATA" -cJf .gpu/c/data.tar.xz $(cd "$DATA" && ls distill*.jsonl heldout_instruct.jsonl)
+# the data and instruct stages' answers (not library / stories: at equal training time they lowered the held-out tau)
+tar -C "$DATA" -cJf .gpu/c/data.tar.xz $(cd "$DATA" && ls distill.jsonl distill-instruct*.jsonl heldout_instruct.jsonl)
 du -b .gpu/a .gpu/b .gpu/c | tee .gpu/sizes.txt
 for part in a b c; do
   size=$(du -sb ".gpu/$part" | cut -f1)
