@@ -1,6 +1,7 @@
 """Composed word problems: well-formed, consistent numbers, deterministic; the stories stage answers them."""
 
 import json
+import random
 import re
 
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from transformers_pard.apps.recipes.smollm2.common import HELDOUT_FILE, STORIES_
 @given(seed=st.integers(0, 10**6))
 def test_every_scenario_writes_a_filled_problem_that_ends_with_its_question(seed):
     for name, scenario in stories.SCENARIOS.items():
-        text = scenario(__import__("random").Random(seed))
+        text = scenario(random.Random(seed))
         assert text.endswith("?") and text.count("?") == 1, (name, text)
         assert "{" not in text and "}" not in text and "  " not in text, (name, text)
         assert not re.search(r"-\d", text), (name, text)  # no negative quantity
@@ -27,7 +28,7 @@ def test_every_scenario_writes_a_filled_problem_that_ends_with_its_question(seed
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6))
 def test_item_counts_never_go_negative_and_fractions_divide(seed):
-    text = stories._items_flow(__import__("random").Random(seed))
+    text = stories._items_flow(random.Random(seed))
     have = int(re.search(r"(?:has|with) (\d+)", text).group(1))
     for sentence in re.split(r"(?<=[.?]) ", text)[1:]:
         if m := re.search(r"buys (\d+) \w+s of .* with (\d+)", sentence):
