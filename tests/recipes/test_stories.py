@@ -12,7 +12,7 @@ from transformers_pard.apps.recipes.smollm2 import data as smollm2_data
 from transformers_pard.apps.recipes.smollm2.common import HELDOUT_FILE, STORIES_FILE, training_files
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 10**6))
 def test_every_scenario_writes_a_filled_problem_that_ends_with_its_question(seed):
     for name, scenario in stories.SCENARIOS.items():

@@ -46,7 +46,8 @@ def _items_flow(rng: random.Random) -> str:
     one, many = rng.choice(THINGS)
     have = rng.randint(8, 40)
     steps = [rng.choice([f"{a} has {have} {many}.", f"{a} starts the week with {have} {many}."])]
-    for _ in range(rng.randint(2, 4)):
+    changes = rng.randint(2, 4)
+    while len(steps) <= changes:  # a step that cannot apply (too few to lose, no fraction divides) is drawn again
         kind = rng.choice(["gift", "packs", "lose", "fraction"])
         if kind == "gift":
             k = rng.randint(3, 25)
