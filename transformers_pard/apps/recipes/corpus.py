@@ -40,6 +40,18 @@ def source_files(root: str) -> list[str]:
     return sorted(found)
 
 
+def source_texts(root: str) -> Iterator[str]:
+    """The text of each ``source_files(root)`` file, in that order."""
+    for path in source_files(root):
+        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
+            yield f.read()
+
+
+def seeded_sample(items: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of ``items`` drawn with ``seed``, kept in their order."""
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
+
+
 def line_chunks(lines: list[str], counts: list[int], max_tokens: int, min_tokens: int) -> Iterator[str]:
     """Consecutive runs of whole ``lines`` (``counts[i]`` tokens each) of at most ``max_tokens`` tokens (a
     longer single line is skipped and ends the run), dropping runs under ``min_tokens``."""
@@ -62,17 +74,15 @@ def stdlib_chunks(tokenizer, *, num_chunks: int, max_tokens: int = 300, min_toke
     in file order. Raises if the library holds fewer."""
     root = root or stdlib_root()
     chunks = []
-    for path in source_files(root):
-        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines(keepends=True)
+    for text in source_texts(root):
+        lines = text.splitlines(keepends=True)
         if lines:
             counts = [len(ids) for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
             chunks += line_chunks(lines, counts, max_tokens, min_tokens)
     if len(chunks) < num_chunks:
         raise ValueError(f"The standard library under {root} gives {len(chunks)} chunks of {min_tokens}-{max_tokens} "
                          f"tokens, fewer than the {num_chunks} asked: ask for fewer.")
-    picked = sorted(random.Random(seed).sample(range(len(chunks)), num_chunks))
-    return [chunks[i] for i in picked]
+    return seeded_sample(chunks, num_chunks, seed)
 
 
 def corpus_digest(texts: list[str]) -> str:
@@ -106,14 +116,10 @@ def stdlib_stubs(*, num_stubs: int, seed: int = 0, root: str | None = None, **li
     (``num_stubs=0``: all of them). Raises if the library holds fewer."""
     root = root or stdlib_root()
     stubs: dict[str, None] = {}  # distinct, in file order
-    for path in source_files(root):
-        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
-            stubs.update(dict.fromkeys(function_stubs(f.read(), **limits)))
+    for text in source_texts(root):
+        stubs.update(dict.fromkeys(function_stubs(text, **limits)))
     found = list(stubs)
     if len(found) < num_stubs:
         raise ValueError(f"The standard library under {root} has {len(found)} documented public functions, fewer "
                          f"than the {num_stubs} asked: ask for fewer (0 takes all).")
-    if not num_stubs:
-        return found
-    picked = sorted(random.Random(seed).sample(range(len(found)), num_stubs))
-    return [found[i] for i in picked]
+    return seeded_sample(found, num_stubs, seed) if num_stubs else found

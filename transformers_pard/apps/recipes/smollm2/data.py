@@ -16,8 +16,8 @@ from ...embedded import load_smollm2, load_smollm2_tokenizer
 from ..corpus import corpus_digest, stdlib_chunks, stdlib_root, stdlib_stubs
 from ..distill import distill
 from ..prompts import build_prompt_records
-from ..stories import SCENARIOS, story_problems
 from ..self_instruct import CODE_STYLES, heldout_prompts, seeded_name, self_instruct_stage
+from ..stories import SCENARIOS, story_problems
 from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE, LIBRARY_FILE, STORIES_FILE
 
 
