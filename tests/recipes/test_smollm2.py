@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from transformers_pard.apps.recipes.smollm2 import (
     FreezeEmbeddingExceptMask,
     TrainSettings,
     build_cut_draft,
+    grow_draft,
     hidden_state_stats,
     model_card,
     recipe_commands,
@@ -81,6 +83,65 @@ def test_cut_draft_is_fp32_and_drops_quantization_settings():
     assert not hasattr(draft.config, "quantization_config")
     assert hasattr(target.config, "quantization_config")  # the target's config is left alone
     assert torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[0].mlp.up_proj.weight.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# grow_draft
+# ---------------------------------------------------------------------------------------------
+
+
+def trained_draft(target, n: int = 1):
+    """A cut draft whose layers no longer equal the target's (as after training), mask token recorded."""
+    draft = mark_as_pard_draft(build_cut_draft(target, n), mask_token_id=MASK)
+    with torch.no_grad():
+        for p in draft.model.layers.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return draft
+
+
+@pytest.mark.parametrize("have,grow_to", [(1, 2), (1, 3), (2, 3)])
+def test_grown_draft_computes_what_the_draft_did(have, grow_to):
+    target = tied_target(3)
+    draft = trained_draft(target, have).eval()
+    grown = grow_draft(draft, target, grow_to).eval()
+    assert grown.config.num_hidden_layers == grow_to and draft.config.num_hidden_layers == have
+    assert (grown.config.pard_token, grown.config.spd_type) == (MASK, "pard")
+    with torch.no_grad():
+        torch.testing.assert_close(grown(IDS).logits, draft(IDS).logits, rtol=0, atol=0)
+
+
+def test_grown_layers_are_the_targets_next_layers_with_silent_outputs():
+    target = tied_target(3)
+    draft = trained_draft(target, 1)
+    grown = grow_draft(draft, target, 3)
+    kept = draft.model.layers[0].state_dict()
+    for key, tensor in grown.model.layers[0].state_dict().items():
+        assert torch.equal(tensor, kept[key]), key  # the draft's own (trained) layer, not the target's
+    assert torch.equal(grown.model.norm.weight, draft.model.norm.weight)
+    for i in (1, 2):
+        new, theirs = grown.model.layers[i], target.model.layers[i]
+        assert torch.equal(new.self_attn.q_proj.weight, theirs.self_attn.q_proj.weight)
+        assert torch.equal(new.mlp.up_proj.weight, theirs.mlp.up_proj.weight)
+        assert not new.self_attn.o_proj.weight.any() and not new.mlp.down_proj.weight.any()
+        assert theirs.self_attn.o_proj.weight.any()  # the target is left alone
+    assert grown.get_output_embeddings().weight.data_ptr() == grown.get_input_embeddings().weight.data_ptr()
+
+
+def test_grown_layers_learn():
+    """Zeroed outputs still receive gradients, so the new layers do not stay silent."""
+    target = tied_target(3)
+    grown = grow_draft(trained_draft(target, 1), target, 2)
+    train_steps(grown, steps=2)
+    assert grown.model.layers[1].self_attn.o_proj.weight.any() and grown.model.layers[1].mlp.down_proj.weight.any()
+    assert grown.model.layers[1].mlp.up_proj.weight.ne(target.model.layers[1].mlp.up_proj.weight).any()
+
+
+@pytest.mark.parametrize("grow_to,match", [(1, "needs more layers than 2"), (2, "needs more layers than 2"),
+                                           (4, "the target has 3 layers")])
+def test_growing_to_no_new_layers_or_past_the_target_is_refused(grow_to, match):
+    target = tied_target(3)
+    with pytest.raises(ValueError, match=match):
+        grow_draft(trained_draft(target, 2), target, grow_to)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +331,27 @@ def test_a_compact_init_draft_is_trained_from_a_full_copy_written_once(tmp_path,
     back = load_draft(newer, target=target)
     for key, value in draft.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_init_from_a_shallower_draft_grows_it_to_num_layers(tmp_path, monkeypatch):
+    target = tied_target(3)
+    draft = trained_draft(target, 1).eval()
+    draft.save_pretrained(tmp_path / "run")
+    tiny_tokenizer().save_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "chat_template.jinja").write_text("{{ x }}")  # the draft's other files travel with it
+    monkeypatch.setattr(smollm2.train, "load_smollm2", lambda **kwargs: (target, tiny_tokenizer()))
+    out = str(tmp_path / "out")
+    same = smollm2.train.init_draft_folder(out, TrainSettings(init_from=str(tmp_path / "run"), num_layers=1))
+    assert same == str(tmp_path / "run")
+    grown_dir = smollm2.train.init_draft_folder(out, TrainSettings(init_from=str(tmp_path / "run"), num_layers=3))
+    assert os.path.basename(grown_dir).startswith("grown-l3-run-")
+    assert (tmp_path / "out" / os.path.basename(grown_dir) / "chat_template.jinja").read_text() == "{{ x }}"
+    grown = load_draft(grown_dir, target=target).eval()
+    assert grown.config.num_hidden_layers == 3
+    with torch.no_grad():
+        torch.testing.assert_close(grown(IDS).logits, draft(IDS).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="has 3 layers, --num-layers asks for 2: pass --num-layers 3"):
+        smollm2.train.init_draft_folder(out, TrainSettings(init_from=grown_dir, num_layers=2))
 
 
 def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):

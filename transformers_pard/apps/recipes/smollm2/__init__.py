@@ -41,12 +41,12 @@ from .common import (
 from .data import corpus_stage, data_stage, instruct_stage, library_stage, stories_stage
 from .evaluate import eval_stage
 from .export import export_stage, model_card, recipe_commands, store_stage, subset_stage
-from .train import FreezeEmbeddingExceptMask, build_cut_draft, full_draft_folder, hidden_state_stats, train_config
+from .train import FreezeEmbeddingExceptMask, build_cut_draft, full_draft_folder, grow_draft, hidden_state_stats, train_config
 from .train import train_stage
 
 __all__ = [
     "DATA_FILE", "HELDOUT_FILE", "MASK_TOKEN", "PARD2_LAYERS", "PARD2_SCALE", "RECIPE_FILE", "FreezeEmbeddingExceptMask",
-    "RecipeOptions", "TrainSettings", "add_recipe_arguments", "build_cut_draft", "corpus_stage", "data_stage", "eval_stage",
+    "RecipeOptions", "TrainSettings", "add_recipe_arguments", "build_cut_draft", "corpus_stage", "grow_draft", "data_stage", "eval_stage",
     "export_stage", "full_draft_folder", "hidden_state_stats", "library_stage", "model_card", "recipe_commands", "recipe_flags",
     "run_dir_name", "run_stage", "store_stage", "stories_stage", "subset_stage", "train_config", "train_stage",
 ]

@@ -81,7 +81,9 @@ class TrainSettings:
     "always", "pard2" (whenever ``pard2`` is set), else only where it differs from the default."""
 
     k: int = field(default=8, metadata=_help("K copies (1 = the autoregressive baseline draft)", quote="always"))
-    num_layers: int = field(default=3, metadata=_help("draft = the target's first N layers", quote="always"))
+    num_layers: int = field(default=3, metadata=_help(
+        "draft = the target's first N layers; with --init-from a shallower draft, that draft grown to N "
+        "(the target's next layers, their residual outputs zeroed)", quote="always"))
     epochs: float = field(default=1.0, metadata=_help("training epochs"))
     max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (overrides epochs)"))
     lr: float = field(default=3e-4, metadata=_help("peak learning rate (cosine schedule)"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -32,6 +33,34 @@ def build_cut_draft(target, num_layers: int):
     draft.load_state_dict(copied, strict=False)
     draft.tie_weights()
     return draft
+
+
+def grow_draft(draft, target, num_layers: int):
+    """``draft`` deepened to ``num_layers``: its own layers, then the target's next layers with the
+    outputs of their residual branches (attention ``o_proj``, MLP ``down_proj``) zeroed. A zeroed branch
+    adds nothing, so the grown draft computes exactly what ``draft`` did and training starts from its
+    accuracy with the new layers' capacity (function-preserving growth); everything but the new layers
+    (embedding, final norm, config entries such as the mask token) is the draft's."""
+    have = draft.config.num_hidden_layers
+    if num_layers <= have:
+        raise ValueError(f"growing a {have}-layer draft needs more layers than {have}, got {num_layers}.")
+    if num_layers > target.config.num_hidden_layers:
+        raise ValueError(f"the target has {target.config.num_hidden_layers} layers to grow from, "
+                         f"{num_layers} were asked.")
+    config = type(draft.config).from_dict(draft.config.to_dict())
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(target.config.layer_types[:num_layers])
+    grown = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    grown.load_state_dict(draft.state_dict(), strict=False)
+    for i in range(have, num_layers):
+        layer = grown.model.layers[i]
+        layer.load_state_dict(target.model.layers[i].state_dict())
+        for branch_output in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            for tensor in branch_output.parameters():
+                tensor.data.zero_()
+    grown.tie_weights()
+    return grown
 
 
 class FreezeEmbeddingExceptMask(TrainerCallback):
@@ -86,11 +115,32 @@ def full_draft_folder(folder: str, out_dir: str) -> str:
     return full
 
 
+def grown_draft_folder(folder: str, out_dir: str, num_layers: int) -> str:
+    """``folder``'s draft grown to ``num_layers`` (``grow_draft``), written once under ``out_dir`` as
+    ``grown-l{N}-<name>-<digest>`` beside a copy of its other files (tokenizer, vocabulary subset)."""
+    name = os.path.basename(os.path.normpath(folder))
+    grown_dir = os.path.join(out_dir, f"grown-l{num_layers}-{name}-{weights_digest(folder)}")
+    if not os.path.exists(os.path.join(grown_dir, "config.json")):
+        draft = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+        grown = grow_draft(draft, load_smollm2()[0], num_layers)
+        shutil.copytree(folder, grown_dir, ignore=shutil.ignore_patterns("checkpoint-*", "model.safetensors",
+                                                                          "config.json", "training_args.bin",
+                                                                          "recipe.json"))
+        grown.save_pretrained(grown_dir)
+    return grown_dir
+
+
 def init_draft_folder(out_dir: str, settings: TrainSettings) -> str:
-    """Where training starts: ``--init-from`` (a full copy if compact), else the fresh cut of the
-    target, written once to ``out_dir/cut-l{layers}`` (the same starting point for every K / mode)."""
+    """Where training starts: ``--init-from`` (a full copy if compact; grown to ``--num-layers`` when
+    that is deeper than the draft), else the fresh cut of the target, written once to
+    ``out_dir/cut-l{layers}`` (the same starting point for every K / mode)."""
     if settings.init_from:
-        return full_draft_folder(settings.init_from, out_dir)
+        folder = full_draft_folder(settings.init_from, out_dir)
+        have = AutoConfig.from_pretrained(folder).num_hidden_layers
+        if settings.num_layers < have:
+            raise ValueError(f"--init-from {settings.init_from} has {have} layers, --num-layers asks for "
+                             f"{settings.num_layers}: pass --num-layers {have} (or more, to grow it).")
+        return folder if settings.num_layers == have else grown_draft_folder(folder, out_dir, settings.num_layers)
     init_dir = os.path.join(out_dir, f"cut-l{settings.num_layers}")
     if not os.path.exists(os.path.join(init_dir, "config.json")):
         target, tokenizer = load_smollm2()
