@@ -115,3 +115,15 @@ def test_a_record_is_quoted_back_as_the_command_that_gives_the_same_settings(tmp
 def test_pard2_only_flags_need_pard2(flag):
     with pytest.raises(ValueError, match=f"{flag.split('=')[0]}.*--pard2"):
         smollm2.run_stage("train", parse(["recipe", "smollm2", flag]))
+
+
+def test_target_layers_reach_the_train_stage_and_come_back_in_the_command(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(smollm2, "train_stage", lambda out, **kwargs: calls.append(kwargs["settings"]))
+    smollm2.run_stage("train", parse(["recipe", "smollm2", "--stage", "train", "--num-layers", "3",
+                                      "--target-layers", "0", "1", "-1", "--out", "o"]))
+    assert calls[0].target_layers == (0, 1, -1)
+    write_record(str(tmp_path), calls[0])
+    (command,) = recipe_commands(str(tmp_path))
+    assert "--target-layers 0 1 -1" in command
+    assert TrainSettings(**flag_values(TrainSettings, parse(shlex.split(command)[3:]))) == calls[0]

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from transformers_pard.draft_io import COMPACT_KEY, load_draft
 from transformers_pard.apps.recipes import smollm2
@@ -73,6 +74,38 @@ def test_cut_of_all_layers_is_the_target():
     target = tied_target(2)
     with torch.no_grad():
         assert torch.equal(build_cut_draft(target, 2).eval()(IDS).logits, target(IDS).logits)
+
+
+@pytest.mark.parametrize("layers,chosen", [((0, -1), (0, 3)), ((1, 2), (1, 2)), ((0, 2), (0, 2))])
+def test_cut_draft_copies_the_chosen_target_layers(layers, chosen):
+    target = tied_target(4)
+    draft = build_cut_draft(target, 2, layers=layers)
+    assert draft.config.num_hidden_layers == 2
+    for i, source in enumerate(chosen):
+        theirs = target.model.layers[source].state_dict()
+        for key, tensor in draft.model.layers[i].state_dict().items():
+            assert torch.equal(tensor, theirs[key]), (i, key)
+    assert torch.equal(draft.model.norm.weight, target.model.norm.weight)
+    assert torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("layers,match", [((0,), "names 1 layers, --num-layers is 2"), ((2, 1), "distinct layers in the target"),
+                                          ((0, 0), "distinct layers"), ((0, 4), "layers 0..3"), ((-5, 0), "layers 0..3")])
+def test_a_bad_layer_choice_is_refused(layers, match):
+    with pytest.raises(ValueError, match=match):
+        build_cut_draft(tied_target(4), 2, layers=layers)
+
+
+def test_target_layers_name_the_cut_and_exclude_init_from(tmp_path, monkeypatch):
+    target = tied_target(3)
+    monkeypatch.setattr(smollm2.train, "load_smollm2", lambda **kwargs: (target, tiny_tokenizer()))
+    folder = smollm2.train.init_draft_folder(str(tmp_path), TrainSettings(num_layers=2, target_layers=(0, -1)))
+    assert folder == str(tmp_path / "cut-l2-t0_-1")
+    draft = AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(draft.model.layers[1].mlp.up_proj.weight, target.model.layers[2].mlp.up_proj.weight)
+    assert smollm2.train.init_draft_folder(str(tmp_path), TrainSettings(num_layers=2)) == str(tmp_path / "cut-l2")
+    with pytest.raises(ValueError, match="--target-layers.*--init-from"):
+        TrainSettings(target_layers=(0, 1, 2), init_from=folder)
 
 
 def test_cut_draft_is_fp32_and_drops_quantization_settings():

@@ -84,6 +84,9 @@ class TrainSettings:
     num_layers: int = field(default=3, metadata=_help(
         "draft = the target's first N layers; with --init-from a shallower draft, that draft grown to N "
         "(the target's next layers, their residual outputs zeroed)", quote="always"))
+    target_layers: tuple[int, ...] = field(default=(), metadata=_help(
+        "the fresh cut's target layers in order, negative counting from the last (e.g. 0 1 -1); "
+        "default the first --num-layers", metavar="I"))
     epochs: float = field(default=1.0, metadata=_help("training epochs"))
     max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (overrides epochs)"))
     lr: float = field(default=3e-4, metadata=_help("peak learning rate (cosine schedule)"))
@@ -126,6 +129,10 @@ class TrainSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "pard2_layers", tuple(int(layer) for layer in self.pard2_layers))
+        object.__setattr__(self, "target_layers", tuple(int(layer) for layer in self.target_layers))
+        if self.target_layers and self.init_from:
+            raise ValueError("--target-layers chooses the layers of a fresh cut; --init-from starts from a draft's "
+                             "own layers: drop one of them.")
         if self.pard2_projection_only and not self.pard2:
             raise ValueError("--pard2-projection-only trains a PARD-2 projection: add --pard2.")
         if self.pard2_cache and not self.pard2:

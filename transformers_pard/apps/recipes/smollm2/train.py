@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -20,19 +21,43 @@ from ...embedded import load_smollm2
 from .common import MASK_TOKEN, TrainSettings, training_files, use_bf16, write_record
 
 
-def build_cut_draft(target, num_layers: int):
-    """A fresh model of the target's config cut to its first ``num_layers`` layers, weights copied."""
+def build_cut_draft(target, num_layers: int, *, layers: Sequence[int] | None = None):
+    """A fresh model of the target's config cut to ``num_layers`` layers, weights copied: the target's
+    first ones, or its ``layers`` in that order (e.g. ``(0, 1, -1)``: the first two and the last)."""
+    chosen = target_layer_choice(target.config.num_hidden_layers, num_layers, layers)
     config = type(target.config).from_dict(target.config.to_dict())
     config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[i] for i in chosen]
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attr):
             delattr(config, attr)
     draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     own = draft.state_dict()
-    copied = {name: tensor for name, tensor in target.state_dict().items() if name in own}
+    copied = {name: tensor for name, tensor in target.state_dict().items()
+              if name in own and not name.startswith("model.layers.")}
     draft.load_state_dict(copied, strict=False)
+    for i, source in enumerate(chosen):
+        draft.model.layers[i].load_state_dict(target.model.layers[source].state_dict())
     draft.tie_weights()
     return draft
+
+
+def target_layer_choice(target_layers: int, num_layers: int, layers: Sequence[int] | None) -> list[int]:
+    """The target layers a cut copies, as non-negative indices: the first ``num_layers``, or ``layers``
+    (negative counting from the last), which must be ``num_layers`` distinct layers in increasing order."""
+    if layers is None:
+        chosen = list(range(num_layers))
+    else:
+        chosen = [i + target_layers if i < 0 else i for i in layers]
+        if len(chosen) != num_layers:
+            raise ValueError(f"--target-layers names {len(chosen)} layers, --num-layers is {num_layers}: "
+                             f"name {num_layers}.")
+        if any(b <= a for a, b in zip(chosen, chosen[1:])):
+            raise ValueError(f"--target-layers {list(layers)}: name distinct layers in the target's order.")
+    if not 0 <= chosen[0] <= chosen[-1] < target_layers:
+        raise ValueError(f"the target has layers 0..{target_layers - 1}, the draft asks for {chosen}.")
+    return chosen
 
 
 def grow_draft(draft, target, num_layers: int):
@@ -141,10 +166,11 @@ def init_draft_folder(out_dir: str, settings: TrainSettings) -> str:
             raise ValueError(f"--init-from {settings.init_from} has {have} layers, --num-layers asks for "
                              f"{settings.num_layers}: pass --num-layers {have} (or more, to grow it).")
         return folder if settings.num_layers == have else grown_draft_folder(folder, out_dir, settings.num_layers)
-    init_dir = os.path.join(out_dir, f"cut-l{settings.num_layers}")
+    choice = "-t" + "_".join(map(str, settings.target_layers)) if settings.target_layers else ""
+    init_dir = os.path.join(out_dir, f"cut-l{settings.num_layers}{choice}")
     if not os.path.exists(os.path.join(init_dir, "config.json")):
         target, tokenizer = load_smollm2()
-        build_cut_draft(target, settings.num_layers).save_pretrained(init_dir)
+        build_cut_draft(target, settings.num_layers, layers=settings.target_layers or None).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
     return init_dir
 
