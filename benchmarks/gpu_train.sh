@@ -23,6 +23,8 @@ SETUP=${SETUP:-40}            # seconds the train stage spends before its first 
 QUESTIONS=${QUESTIONS:-4096}  # requests a seed writes (about 40 % are usable)
 STORIES=${STORIES:-0}         # composed word problems answered first (recipe stories stage; 0: none - on the CPU
                               # they diluted the held-out tau at equal training time, docs/results.md)
+LAYERS=${LAYERS:-3}           # draft depth: above 3 grows the shipped draft (its layers + the target's next ones,
+                              # silent at first); per step it learns faster, per CPU-hour it did not (docs/results.md)
 DEVICE=${DEVICE:-auto}
 WORK=${WORK:-runs/gpu}
 RUN=gpu-si10
@@ -86,13 +88,13 @@ while [ "$(elapsed)" -lt "$DATA_END" ]; do
 done
 
 # 3. training until TRAIN_END
-$RECIPE --stage train --init-from transformers_pard/assets/smollm2-pard-k8 --run-name $RUN --vocab-subset 8192 \
+$RECIPE --stage train --init-from transformers_pard/assets/smollm2-pard-k8 --num-layers "$LAYERS" --run-name $RUN --vocab-subset 8192 \
     --freeze-mask-row --dtype auto --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-steps 20 --epochs 50 \
     --save-steps 100000 --time-budget $(( TRAIN_END - SETUP - $(elapsed) ))
 phase trained
 
 # 4. export and bring back
-$RECIPE --stage export --run-name $RUN --export-dir "$WORK/export-$RUN"
+$RECIPE --stage export --num-layers "$LAYERS" --run-name $RUN --export-dir "$WORK/export-$RUN"
 tar -C "$WORK" -cf "$WORK/draft.tar" "export-$RUN"
 split -b 15M -d -a 1 "$WORK/draft.tar" "$OUT/draft.tar."
 tar -C "$WORK" -cJf "$OUT/new-data.tar.xz" $(cd "$WORK" && ls "${NEW[@]}" 2>/dev/null)
