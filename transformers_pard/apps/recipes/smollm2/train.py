@@ -157,8 +157,9 @@ def grown_draft_folder(folder: str, out_dir: str, num_layers: int) -> str:
 
 def init_draft_folder(out_dir: str, settings: TrainSettings) -> str:
     """Where training starts: ``--init-from`` (a full copy if compact; grown to ``--num-layers`` when
-    that is deeper than the draft), else the fresh cut of the target, written once to
-    ``out_dir/cut-l{layers}`` (the same starting point for every K / mode)."""
+    that is deeper than the draft), else the fresh cut of the target (``--target-layers``, default the
+    first N), written once to ``out_dir/cut-l{layers}[-t{target layers}]`` (the same starting point for
+    every K / mode)."""
     if settings.init_from:
         folder = full_draft_folder(settings.init_from, out_dir)
         have = AutoConfig.from_pretrained(folder).num_hidden_layers
