@@ -127,3 +127,12 @@ def test_target_layers_reach_the_train_stage_and_come_back_in_the_command(monkey
     (command,) = recipe_commands(str(tmp_path))
     assert "--target-layers 0 1 -1" in command
     assert TrainSettings(**flag_values(TrainSettings, parse(shlex.split(command)[3:]))) == calls[0]
+
+
+def test_families_reach_the_instruct_stage(monkeypatch):
+    calls = []
+    monkeypatch.setattr(smollm2, "instruct_stage", lambda out, **kwargs: calls.append(kwargs))
+    smollm2.run_stage("instruct", parse(["recipe", "smollm2", "--stage", "instruct", "--seed", "4", "--device", "cpu",
+                                         "--families", "code", "general"]))
+    smollm2.run_stage("instruct", parse(["recipe", "smollm2", "--stage", "instruct", "--device", "cpu"]))
+    assert [c["families"] for c in calls] == [("code", "general"), ("math", "code", "general")]

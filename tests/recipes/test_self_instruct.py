@@ -51,3 +51,29 @@ def test_long_meta_prompts_are_another_set_and_never_write_the_held_out_split(tm
     with pytest.raises(ValueError, match="held-out split"):
         self_instruct.self_instruct_stage(None, None, str(tmp_path), num_questions=30, seed=0, style="long")
     assert not list(tmp_path.iterdir())
+
+
+def test_families_leave_a_kind_of_request_out_and_keep_the_default_draws():
+    assert self_instruct.meta_jobs(60, seed=3) == self_instruct.meta_jobs(60, seed=3, families=("math", "code", "general"))
+    jobs = self_instruct.meta_jobs(200, seed=3, style="long", families=("code", "general"))
+    kinds = {job_id.split("-")[1] for job_id, _, _ in jobs}
+    assert kinds == {"code", "general"} and len(jobs) == 200
+    code = sum(job_id.startswith("q-code") for job_id, _, _ in jobs)
+    weights = self_instruct.FAMILY_MIX
+    assert abs(code / 200 - weights["code"] / (weights["code"] + weights["general"])) < 0.1  # the mix's own ratio
+    assert {job_id.split("-")[1] for job_id, _, _ in self_instruct.meta_jobs(20, seed=1, families=("math",))} == {"math"}
+    for bad in [("math", "poetry"), ()]:
+        with pytest.raises(ValueError, match="request families must be some of math, code, general"):
+            self_instruct.meta_jobs(3, families=bad)
+
+
+def test_seed_0_keeps_every_family(tmp_path, monkeypatch):
+    monkeypatch.setattr(self_instruct, "distill", fake_distill)
+    with pytest.raises(ValueError, match="keep every request family"):
+        self_instruct.self_instruct_stage(None, None, str(tmp_path), num_questions=30, seed=0, families=("code",))
+    assert not list(tmp_path.iterdir())
+    self_instruct.self_instruct_stage(None, None, str(tmp_path), num_questions=30, seed=0, heldout=3)
+    path = self_instruct.self_instruct_stage(None, None, str(tmp_path), num_questions=30, seed=1, heldout=3,
+                                             families=("code", "general"))
+    questions = [json.loads(line)["id"] for line in open(tmp_path / "questions-s1.jsonl")]
+    assert questions and not any(q.startswith("q-math") for q in questions) and path.endswith("-s1.jsonl")

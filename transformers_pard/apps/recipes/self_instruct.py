@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 
 import torch
 
@@ -92,14 +93,18 @@ def heldout_prompts(out_dir: str, name: str = HELDOUT_INSTRUCT_FILE) -> set[str]
         return {json.loads(line)["data"] for line in f if line.strip()}
 
 
-def meta_jobs(n: int, *, seed: int = 0, style: str = "short") -> list[tuple[str, str, bool]]:
-    """``n`` sampled jobs ``(id, meta-prompt, True)`` of ``META_PROMPTS[style]``; the id names the family
-    (``q-math-17``)."""
+def meta_jobs(n: int, *, seed: int = 0, style: str = "short",
+              families: Sequence[str] = tuple(FAMILY_MIX)) -> list[tuple[str, str, bool]]:
+    """``n`` sampled jobs ``(id, meta-prompt, True)`` of ``META_PROMPTS[style]``, drawn from ``families``
+    with their ``FAMILY_MIX`` weights; the id names the family (``q-math-17``)."""
     if style not in META_PROMPTS:
         raise ValueError(f"meta-prompt style must be one of {sorted(META_PROMPTS)}, got {style!r}.")
+    unknown = sorted(set(families) - set(FAMILY_MIX))
+    if unknown or not families:
+        raise ValueError(f"request families must be some of {', '.join(FAMILY_MIX)}, got {list(families)}.")
     math_meta, code_meta, general_meta = META_PROMPTS[style]
     rng = random.Random(seed)
-    families, weights = zip(*FAMILY_MIX.items())
+    families, weights = zip(*((family, weight) for family, weight in FAMILY_MIX.items() if family in families))
     jobs = []
     for i in range(n):
         family = rng.choices(families, weights)[0]
@@ -162,15 +167,19 @@ def usable_prompts(questions: str, rng: random.Random, exclude: set[str]) -> lis
 
 
 def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, batch_size: int = 64,
-                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40, style: str = "short") -> str:
+                        max_new_tokens: int = 128, seed: int = 0, heldout: int = 40, style: str = "short",
+                        families: Sequence[str] = tuple(FAMILY_MIX)) -> str:
     """Questions (``questions.jsonl``), then greedy answers to them (``distill-instruct.jsonl``). Seed 0's
     first ``heldout`` usable questions go to ``heldout_instruct.jsonl`` instead (tuning split); another seed
     adds ``questions-s{seed}.jsonl`` / ``distill-instruct-s{seed}.jsonl``, never a held-out prompt.
-    ``style`` picks the meta-prompts (``META_PROMPTS``); seed 0's held-out split is always "short". Returns
-    the data path."""
+    ``style`` picks the meta-prompts (``META_PROMPTS``), ``families`` the kinds of request (all by default);
+    seed 0's held-out split is always "short" with every family. Returns the data path."""
     if seed == 0 and style != "short":
         raise ValueError("seed 0 writes the held-out split every draft is tuned on: keep its meta-prompts 'short' "
                          "and use --seed 1 or higher for --meta-prompts long.")
+    if seed == 0 and set(families) != set(FAMILY_MIX):
+        raise ValueError("seed 0 writes the held-out split every draft is tuned on: keep every request family "
+                         "and use --seed 1 or higher for --families.")
     held = heldout_prompts(out_dir)
     if seed != 0 and not held:
         raise ValueError(f"run the instruct stage with --seed 0 on {out_dir} first: it writes the held-out split "
@@ -178,8 +187,8 @@ def self_instruct_stage(model, tokenizer, out_dir: str, *, num_questions: int, b
     os.makedirs(out_dir, exist_ok=True)
     questions = os.path.join(out_dir, seeded_name(QUESTIONS_FILE, seed))
     torch.manual_seed(seed)
-    distill(model, tokenizer, meta_jobs(num_questions, seed=seed, style=style), questions, batch_size=batch_size,
-            max_new_tokens=QUESTION_TOKENS[style], temperature=0.9)
+    distill(model, tokenizer, meta_jobs(num_questions, seed=seed, style=style, families=families), questions,
+            batch_size=batch_size, max_new_tokens=QUESTION_TOKENS[style], temperature=0.9)
     prompts = usable_prompts(questions, random.Random(seed), held)
     if seed == 0:
         with open(os.path.join(out_dir, HELDOUT_INSTRUCT_FILE), "w") as f:

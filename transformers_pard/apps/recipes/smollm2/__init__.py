@@ -81,7 +81,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
         data_stage(args.out, num_prompts=args.num_prompts, sampled_repeats=1, train_prompts=args.train_prompts,
                    **generation)
     elif stage == "instruct":
-        instruct_stage(args.out, num_questions=args.num_questions, style=args.meta_prompts, **generation)
+        instruct_stage(args.out, num_questions=args.num_questions, style=args.meta_prompts,
+                       families=tuple(args.families), **generation)
     elif stage == "library":
         library_stage(args.out, num_stubs=args.library_stubs, **generation)
     elif stage == "stories":

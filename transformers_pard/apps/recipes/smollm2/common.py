@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ....hardware import bf16_is_fast
-from ..self_instruct import INSTRUCT_FILE
+from ..self_instruct import FAMILY_MIX, INSTRUCT_FILE
 
 DATA_FILE = "distill.jsonl"
 CORPUS_FILE = "corpus.jsonl"  # the corpus stage's real text (Python's standard library), for KD from the target
@@ -61,6 +61,9 @@ class RecipeOptions:
     meta_prompts: str = field(default="short", metadata=_help(
         "instruct stage: 'short' requests, or 'long' ones (multi-step word problems, typed stubs with examples; "
         "seeds >= 1)", choices=("short", "long")))
+    families: tuple[str, ...] = field(default=tuple(FAMILY_MIX), metadata=_help(
+        "instruct stage: the kinds of request the target writes (seeds >= 1 may leave some out; the 135M "
+        "target's own math problems are mostly unusable)", metavar="F"))
     device: str = field(default="auto", metadata=_help(
         "data / instruct / library / stories stages: where the target writes its answers (auto: cuda where available, else cpu)"))
     gen_batch_size: int | None = field(default=None, metadata=_help(

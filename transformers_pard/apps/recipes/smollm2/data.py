@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import random
+from collections.abc import Sequence
 
 import torch
 
@@ -16,7 +17,7 @@ from ...embedded import load_smollm2, load_smollm2_tokenizer
 from ..corpus import corpus_digest, stdlib_chunks, stdlib_root, stdlib_stubs
 from ..distill import distill
 from ..prompts import build_prompt_records
-from ..self_instruct import CODE_STYLES, heldout_prompts, seeded_name, self_instruct_stage
+from ..self_instruct import CODE_STYLES, FAMILY_MIX, heldout_prompts, seeded_name, self_instruct_stage
 from ..stories import SCENARIOS, story_problems
 from .common import CORPUS_FILE, DATA_FILE, HELDOUT_FILE, LIBRARY_FILE, STORIES_FILE
 
@@ -48,12 +49,14 @@ def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, samp
 
 
 def instruct_stage(out_dir: str, *, num_questions: int = 1280, seed: int = 0, dtype: torch.dtype | None = None,
-                   batch_size: int = 64, max_new_tokens: int = 128, style: str = "short", device: str = "cpu") -> str:
-    """Stage ``instruct``: the target writes ``num_questions`` requests of its own (``self_instruct``), then
-    answers the usable ones (greedy); the first 40 go to the held-out file. Returns the data path."""
+                   batch_size: int = 64, max_new_tokens: int = 128, style: str = "short", device: str = "cpu",
+                   families: Sequence[str] = tuple(FAMILY_MIX)) -> str:
+    """Stage ``instruct``: the target writes ``num_questions`` requests of its own (``self_instruct``; of
+    ``families``), then answers the usable ones (greedy); the first 40 go to the held-out file. Returns the
+    data path."""
     model, tokenizer = load_smollm2(dtype=dtype or fast_dtype(device), device=device)
     return self_instruct_stage(model, tokenizer, out_dir, num_questions=num_questions, batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, seed=seed, style=style)
+                               max_new_tokens=max_new_tokens, seed=seed, style=style, families=families)
 
 
 def corpus_stage(out_dir: str, *, num_chunks: int = 3000, max_tokens: int = 300, seed: int = 0) -> str:
