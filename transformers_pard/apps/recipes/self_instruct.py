@@ -104,10 +104,10 @@ def meta_jobs(n: int, *, seed: int = 0, style: str = "short",
         raise ValueError(f"request families must be some of {', '.join(FAMILY_MIX)}, got {list(families)}.")
     math_meta, code_meta, general_meta = META_PROMPTS[style]
     rng = random.Random(seed)
-    families, weights = zip(*((family, weight) for family, weight in FAMILY_MIX.items() if family in families))
+    drawn, weights = zip(*((family, weight) for family, weight in FAMILY_MIX.items() if family in families))
     jobs = []
     for i in range(n):
-        family = rng.choices(families, weights)[0]
+        family = rng.choices(drawn, weights)[0]
         if family == "math":
             text = rng.choice(math_meta).format(topic=rng.choice(MATH_TOPICS), name=rng.choice(NAMES))
         elif family == "code":

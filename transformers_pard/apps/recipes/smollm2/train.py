@@ -25,14 +25,7 @@ def build_cut_draft(target, num_layers: int, *, layers: Sequence[int] | None = N
     """A fresh model of the target's config cut to ``num_layers`` layers, weights copied: the target's
     first ones, or its ``layers`` in that order (e.g. ``(0, 1, -1)``: the first two and the last)."""
     chosen = target_layer_choice(target.config.num_hidden_layers, num_layers, layers)
-    config = type(target.config).from_dict(target.config.to_dict())
-    config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = [target.config.layer_types[i] for i in chosen]
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    draft = model_of_target_layers(target.config, target.config, chosen)
     own = draft.state_dict()
     copied = {name: tensor for name, tensor in target.state_dict().items()
               if name in own and not name.startswith("model.layers.")}
@@ -41,6 +34,19 @@ def build_cut_draft(target, num_layers: int, *, layers: Sequence[int] | None = N
         draft.model.layers[i].load_state_dict(target.model.layers[source].state_dict())
     draft.tie_weights()
     return draft
+
+
+def model_of_target_layers(config, target_config, chosen: Sequence[int]):
+    """A fresh fp32 model of ``config`` (without its quantization settings) with one layer per ``chosen``
+    target layer, each of that layer's type; its weights are left for the caller to copy."""
+    config = type(config).from_dict(config.to_dict())
+    config.num_hidden_layers = len(chosen)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target_config.layer_types[i] for i in chosen]
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
 def target_layer_choice(target_layers: int, num_layers: int, layers: Sequence[int] | None) -> list[int]:
@@ -72,11 +78,7 @@ def grow_draft(draft, target, num_layers: int):
     if num_layers > target.config.num_hidden_layers:
         raise ValueError(f"the target has {target.config.num_hidden_layers} layers to grow from, "
                          f"{num_layers} were asked.")
-    config = type(draft.config).from_dict(draft.config.to_dict())
-    config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(target.config.layer_types[:num_layers])
-    grown = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    grown = model_of_target_layers(draft.config, target.config, range(num_layers))
     grown.load_state_dict(draft.state_dict(), strict=False)
     for i in range(have, num_layers):
         layer = grown.model.layers[i]
