@@ -96,6 +96,11 @@ def test_a_bad_layer_choice_is_refused(layers, match):
         build_cut_draft(tied_target(4), 2, layers=layers)
 
 
+def test_a_cut_of_no_layers_is_refused():
+    with pytest.raises(ValueError, match="layers 0..3, the draft asks for \\[\\]"):
+        build_cut_draft(tied_target(4), 0)
+
+
 def test_target_layers_name_the_cut_and_exclude_init_from(tmp_path, monkeypatch):
     target = tied_target(3)
     monkeypatch.setattr(smollm2.train, "load_smollm2", lambda **kwargs: (target, tiny_tokenizer()))

@@ -61,7 +61,7 @@ def target_layer_choice(target_layers: int, num_layers: int, layers: Sequence[in
                              f"name {num_layers}.")
         if any(b <= a for a, b in zip(chosen, chosen[1:])):
             raise ValueError(f"--target-layers {list(layers)}: name distinct layers in the target's order.")
-    if not 0 <= chosen[0] <= chosen[-1] < target_layers:
+    if not chosen or not 0 <= chosen[0] <= chosen[-1] < target_layers:
         raise ValueError(f"the target has layers 0..{target_layers - 1}, the draft asks for {chosen}.")
     return chosen
 
