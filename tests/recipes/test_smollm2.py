@@ -415,6 +415,11 @@ def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
     assert torch.equal(embedding[MASK], borrowed[MASK].bfloat16().float())  # the stored mask row
 
 
+def test_export_without_a_trained_run_names_the_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained draft in .*never-trained.*--stage train"):
+        smollm2.export_stage(str(tmp_path), run_name="never-trained")
+
+
 def test_data_stage_holds_out_prompts_and_distils_the_rest(tmp_path, monkeypatch):
     model = tiny_causal_lm("llama", num_layers=1, max_positions=1024)
     monkeypatch.setattr(smollm2.data, "load_smollm2", lambda **kwargs: (model, tiny_tokenizer()))

@@ -122,6 +122,9 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     name = run_name or run_dir_name(k, num_layers, pard2)
     run_dir = os.path.join(out_dir, name)
     export_dir = export_dir or os.path.join(out_dir, f"export-{name}")
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"no trained draft in {run_dir} to export: run --stage train with --out {out_dir} "
+                                f"--run-name {name} first (or pass the --out / --run-name it was trained with).")
     draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
     load_projection(draft, run_dir)
     attach_vocab_subset(draft, load_vocab_subset(run_dir))
