@@ -16,14 +16,15 @@ def fresh_flags():
     hardware.cpu_flags.cache_clear()
 
 
-@pytest.mark.parametrize(("flags", "fast"), [
-    ({"avx2", "fma"}, False),
-    ({"avx512f", "avx512_bf16"}, True),
-    ({"amx_bf16", "amx_tile"}, True),
-    (set(), False),
+@pytest.mark.parametrize(("flags", "native", "fast"), [
+    ({"avx2", "fma"}, False, False),
+    ({"avx512f", "avx512_bf16"}, True, False),  # native but slower than fp32 without AMX (measured)
+    ({"avx512_bf16", "amx_bf16", "amx_tile"}, True, True),
+    (set(), False, False),
 ])
-def test_cpu_bf16_follows_the_cpu_flags(monkeypatch, flags, fast):
+def test_cpu_bf16_follows_the_cpu_flags(monkeypatch, flags, native, fast):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert hardware.bf16_is_native("cpu") is native
     assert hardware.bf16_is_fast("cpu") is fast
     assert hardware.fast_dtype("cpu") == (torch.bfloat16 if fast else torch.float32)
 

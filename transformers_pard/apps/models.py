@@ -7,7 +7,7 @@ Each of ``--target`` / ``--draft`` / ``--ar-draft`` / ``--pard2-draft`` is one o
   embedding);
 * a Hub id, downloaded only because it was asked for.
 The tokenizer always comes from the target; every draft takes the target's device, and the dtype of
-``--draft-dtype`` (default "auto": bf16 where the device runs it natively, else the target's dtype). A
+``--draft-dtype`` (default "auto": bf16 where it is faster on the device, else the target's dtype). A
 draft's dtype never changes the output: the target verifies every token.
 """
 
@@ -27,9 +27,9 @@ from .embedded import load_smollm2
 
 EMBEDDED_TARGET = "smollm2"
 DEFAULT_DRAFT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "smollm2-pard-k8")
-#: ``--dtype`` choices; "auto" = bf16 where the device runs it natively, else fp32.
+#: ``--dtype`` choices; "auto" = bf16 where it is faster on the device (``hardware.bf16_is_fast``), else fp32.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
-#: ``--draft-dtype`` choices: "target" = the target's dtype; "auto" = bf16 where native, else the target's.
+#: ``--draft-dtype`` choices: "target" = the target's dtype; "auto" = bf16 where faster, else the target's.
 DRAFT_DTYPES = ("target", "auto", "fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager")
 
@@ -56,8 +56,8 @@ class LoadSettings:
         return DTYPES[self.dtype] or fast_dtype(self.device)
 
     def draft_torch_dtype(self, target_dtype: torch.dtype) -> torch.dtype:
-        """"target": the target's dtype; "auto": an fp32 target's draft in bf16 where bf16 is native on the
-        device, else the target's dtype (a half-precision target keeps its own half type)."""
+        """"target": the target's dtype; "auto": an fp32 target's draft in bf16 where bf16 is faster on the
+        device (``hardware.bf16_is_fast``), else the target's dtype (a half-precision target keeps its own half type)."""
         if self.draft_dtype == "target":
             return target_dtype
         if self.draft_dtype == "auto":

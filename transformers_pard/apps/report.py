@@ -24,7 +24,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..hardware import bf16_is_fast, cpu_flags
+from ..hardware import bf16_is_fast, bf16_is_native, cpu_flags
 from .benchmark import ENGINE_METHODS, PHASES, MethodResult
 
 DEFINITIONS = {
@@ -144,7 +144,8 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_flags": recorded_cpu_flags(),
-        "bf16_native": bf16_is_fast(device),
+        "bf16_native": bf16_is_native(device),
+        "bf16_fast": bf16_is_fast(device),
         "device": str(device),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }

@@ -28,7 +28,7 @@ def data_stage(out_dir: str, *, num_prompts: int = 2000, heldout: int = 40, samp
     """Build the prompt set, write the held-out prompts, self-distil the rest. Returns the data path.
 
     ``train_prompts`` answers only the first N training prompts (the split, and so the held-out prompts,
-    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is native on
+    stay those of ``num_prompts``); ``dtype`` of the answering target: default bf16 where it is faster on
     ``device`` (``hardware.fast_dtype``), else fp32.
     """
     os.makedirs(out_dir, exist_ok=True)
