@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from transformers_pard.draft_io import COMPACT_KEY, load_draft
 from transformers_pard.apps.recipes import smollm2
 from transformers_pard.apps.recipes.prompts import build_prompt_records
 from transformers_pard.apps.recipes.smollm2 import (
@@ -21,6 +20,8 @@ from transformers_pard.apps.recipes.smollm2 import (
     recipe_commands,
     run_dir_name,
 )
+from transformers_pard.apps.recipes.smollm2.export import draft_layers
+from transformers_pard.draft_io import COMPACT_KEY, load_draft
 from transformers_pard.testing import mark_as_pard_draft, tiny_causal_lm, tiny_tokenizer
 from transformers_pard.training.data import load_training_examples
 from transformers_pard.vocab import load_vocab_subset
@@ -413,6 +414,20 @@ def test_export_stage_writes_a_compact_draft_with_its_card(tmp_path):
     others = torch.arange(borrowed.shape[0]) != MASK
     assert torch.equal(embedding[others], borrowed[others])
     assert torch.equal(embedding[MASK], borrowed[MASK].bfloat16().float())  # the stored mask row
+
+
+def test_model_card_names_the_target_layers_a_chosen_or_grown_cut_came_from(tmp_path):
+    assert draft_layers(str(tmp_path / "unrecorded"), 3) is None
+    write_recipe(tmp_path / "first-n")
+    assert draft_layers(str(tmp_path / "first-n"), 3) is None
+    write_recipe(tmp_path / "cut", target_layers=[0, 1, 29])
+    write_recipe(tmp_path / "more", init_from=str(tmp_path / "cut"))
+    write_recipe(tmp_path / "grown", init_from=str(tmp_path / "more"), num_layers=5)
+    assert draft_layers(str(tmp_path / "more"), 3) == [0, 1, 29]
+    assert draft_layers(str(tmp_path / "grown"), 5) == [0, 1, 29, 3, 4]
+    card = model_card(k=8, num_layers=5, tau=None, layers=[0, 1, 29, 3, 4])
+    assert "Architecture: the target's layers 0, 1, 29, 3, 4 (in this order) + final norm" in card
+    assert "Architecture: the target's first 3 layers + final norm" in model_card(k=8, num_layers=3, tau=None)
 
 
 def test_export_without_a_trained_run_names_the_missing_folder(tmp_path):

