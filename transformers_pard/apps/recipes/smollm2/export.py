@@ -52,26 +52,29 @@ def quoted_flags(record: dict) -> list[str]:
     return words
 
 
-def recipe_commands(run_dir: str) -> list[str]:
-    """The train-stage commands that produced ``run_dir``, oldest first (following ``init_from`` through
-    the runs that recorded their settings)."""
+def run_chain(run_dir: str) -> list[dict]:
+    """The records of the runs that produced ``run_dir``, oldest first (following ``init_from`` through the
+    runs that recorded their settings)."""
+    records = []
     record = read_record(run_dir)
-    if record is None:
-        return []
-    command = " ".join([COMMAND, "--stage train", *quoted_flags(record)])
-    parent = record.get("init_from")
-    return (recipe_commands(parent) if parent else []) + [command]
+    while record is not None:
+        records.append(record)
+        parent = record.get("init_from")
+        record = read_record(parent) if parent else None
+    return records[::-1]
+
+
+def recipe_commands(run_dir: str) -> list[str]:
+    """The train-stage commands that produced ``run_dir``, oldest first (``run_chain``)."""
+    return [" ".join([COMMAND, "--stage train", *quoted_flags(record)]) for record in run_chain(run_dir)]
 
 
 def draft_layers(run_dir: str, depth: int) -> list[int] | None:
-    """The target layers ``run_dir``'s draft was cut from, in order: the root run's ``--target-layers`` choice,
-    then the target's next layers where a later run grew it to ``depth`` (``train.grow_draft``); None for the
-    target's first ``depth`` layers (the default cut, or no record of a choice)."""
-    record, chosen = read_record(run_dir), None
-    while record is not None:
-        chosen = record.get("target_layers") or chosen
-        parent = record.get("init_from")
-        record = read_record(parent) if parent else None
+    """The target layers ``run_dir``'s draft was cut from, in order: the oldest recorded ``--target-layers``
+    choice of its ``run_chain``, then the target's next layers where a later run grew it to ``depth``
+    (``train.grow_draft``); None for the target's first ``depth`` layers (the default cut, or no record of a
+    choice)."""
+    chosen = next((record["target_layers"] for record in run_chain(run_dir) if record.get("target_layers")), None)
     if not chosen:
         return None
     return list(chosen) + list(range(len(chosen), depth))
