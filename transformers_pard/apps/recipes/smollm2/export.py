@@ -149,14 +149,15 @@ def export_stage(out_dir: str, *, k: int = 8, num_layers: int = 3, export_dir: s
     num_layers = draft.config.num_hidden_layers  # what was trained, whatever --num-layers says here
     load_projection(draft, run_dir)
     attach_vocab_subset(draft, load_vocab_subset(run_dir))
-    save_compact_draft(draft, export_dir, tokenizer=AutoTokenizer.from_pretrained(run_dir))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    save_compact_draft(draft, export_dir, tokenizer=tokenizer)
     tau_path = os.path.join(run_dir, "tau.json")
     tau = json.load(open(tau_path)) if os.path.exists(tau_path) else None
     record = read_record(run_dir) or {}
     with open(os.path.join(export_dir, "README.md"), "w") as f:
         f.write(model_card(k=k, num_layers=num_layers, tau=tau, pard2=pard2, commands=recipe_commands(run_dir),
                            vocab_subset=record.get("vocab_subset"), layers=draft_layers(run_dir, num_layers),
-                           data=data_summary(out_dir, AutoTokenizer.from_pretrained(run_dir))))
+                           data=data_summary(out_dir, tokenizer)))
     return export_dir
 
 
