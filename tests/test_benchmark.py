@@ -17,6 +17,7 @@ from transformers_pard.apps.benchmark import (
     PHASES,
     ForwardTimer,
     Runner,
+    Sampling,
     chat_ids,
     parse_methods,
     run_benchmark,
@@ -153,6 +154,30 @@ def test_phase_timing_can_be_switched_off(target, tokenizer):
 def test_plain_listed_after_other_methods_is_still_the_reference(runner):
     results = run_benchmark(runner, PROMPTS[:1], ["pard", "plain"])
     assert list(results) == ["plain", "pard"] and results["pard"].identical == [True]
+
+
+def test_sampling_samples_every_method_from_one_seed_per_prompt(target, tokenizer):
+    sampling = Sampling(temperature=1.5, top_p=0.95, seed=7)
+    runner = Runner(target, tokenizer, draft=tiny_pard_draft(target), k=K, max_new_tokens=NEW, sampling=sampling)
+    for method in ("plain", "pard", "pard-lookup"):
+        kwargs = runner.kwargs(method)[1]
+        assert (kwargs["do_sample"], kwargs["temperature"], kwargs["top_p"]) == (True, 1.5, 0.95)
+    ids = chat_ids(tokenizer, PROMPTS[0], "cpu")
+    first, again, other = (runner.run("plain", ids, i).sequences for i in (2, 2, 3))
+    torch.manual_seed(9)
+    greedy = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(first, again)  # prompt 2's calls start from seed 7 + 2
+    assert not (torch.equal(first, other) and torch.equal(first, greedy))  # another seed / greedy: not all equal
+    results = run_benchmark(runner, PROMPTS[:2], ["pard"])
+    assert results["plain"].identical == [None, None] and results["pard"].identical == [None, None]
+    assert all(n > 0 for n in results["pard"].tokens)
+
+
+@pytest.mark.parametrize("temperature, top_p, message", [(0.0, None, "greedy"), (-1.0, None, "> 0"),
+                                                         (0.7, 1.5, r"top_p must be in \(0, 1\]")])
+def test_sampling_refuses_values_that_do_not_sample(temperature, top_p, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(temperature, top_p)
 
 
 def test_parse_methods_keeps_order_and_refuses_unknown_or_repeated():

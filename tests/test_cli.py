@@ -16,7 +16,7 @@ import torch
 
 from saved_models import png_size, save_models, write_prompts
 from transformers_pard.apps import cli, demo
-from transformers_pard.apps.benchmark import chat_ids
+from transformers_pard.apps.benchmark import Sampling, chat_ids
 from transformers_pard.apps.models import DEFAULT_DRAFT, LoadSettings, load_target
 from transformers_pard.apps.plot import DPI, FIGSIZE
 from transformers_pard.apps.report import recorded_cpu_flags
@@ -73,6 +73,24 @@ def test_bench_defaults_and_values():
     assert (args.target, args.draft, args.device, args.min_tau, args.phase_timing, args.plot) == (
         "org/model", "some/folder", "cuda:1", 1.3, False, "out.png")
     assert parse(["bench", "--prompts", "a", "--min-tau", "None"]).min_tau is None
+    assert (args.temperature, args.top_p, args.seed) == (None, None, 0) and cli.sampling_of(args) is None
+    sampled = parse(["bench", "--prompts", "a", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3"])
+    assert cli.sampling_of(sampled) == Sampling(0.7, 0.9, 3)
+    assert cli.run_settings(sampled, ["plain"])["sampling"] == {"temperature": 0.7, "top_p": 0.9, "seed": 3}
+    greedy = parse(["bench", "--prompts", "a"])
+    assert (cli.lookup_nodes(greedy), cli.lookup_nodes(sampled)) == (8, 4)  # sampling: a fixed share, half the tree
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-p", "0.9"], "--top-p samples: add --temperature"),
+    (["--temperature", "0"], "--temperature / --top-p: .*greedy"),
+    (["--temperature", "0.7", "--methods", "plain,pard-lookup", "--lookup-nodes", "8"],
+     "--lookup-nodes 8: sampling .* use --lookup-nodes 7 or less"),
+])
+def test_bench_refuses_sampling_flags_that_do_not_sample(no_loading, tmp_path, flags, message):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["Hi."])
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["bench", "--prompts", prompts, *flags])
 
 
 def test_plot_arguments():
@@ -201,7 +219,7 @@ def test_bench_on_saved_folders_end_to_end(saved, tmp_path, capsys):
         "pard2_draft": saved.pard2_draft, "methods": methods, "k": 2, "max_new_tokens": 6, "dtype": "fp32", "draft_dtype": "auto",
         "device": "cpu", "attn": "sdpa", "min_tau": None, "phase_timing": True, "tree_nodes": 8, "lookup_nodes": 2,
         "lookup_store": False, "prompts": [saved.prompts],
-        "limit": 2}
+        "limit": 2, "sampling": None}
     models = report["models"]
     assert set(models) == {"target", "draft", "ar_draft", "pard2_draft"}
     assert models["target"]["source"] == models["draft"]["source"] == "folder"
@@ -250,6 +268,17 @@ def test_bench_refuses_bad_methods_before_loading(no_loading, tmp_path, methods,
     prompts = write_prompts(tmp_path / "p.jsonl", ["Hi."])
     with pytest.raises(SystemExit, match=f"--methods: .*{message}"):
         cli.main(["bench", "--prompts", prompts, "--methods", methods])
+
+
+def test_bench_sampled_end_to_end(saved, tmp_path, capsys):
+    out_json = tmp_path / "sampled.json"
+    cli.main(["bench", "--target", saved.target, "--draft", saved.compact_draft, "--prompts", saved.prompts,
+              "--limit", "1", "--methods", "plain,pard", "--k", "2", "--max-new-tokens", "4", "--temperature", "0.8",
+              "--json", str(out_json)])
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["sampling"] == {"temperature": 0.8, "top_p": None, "seed": 0}
+    assert {m["identical_to_plain"] for m in report["methods"].values()} == {None}
+    assert "sampled at temperature 0.8" in capsys.readouterr().out
 
 
 def test_bench_loads_only_the_drafts_its_methods_use(saved, tmp_path, capsys):

@@ -127,6 +127,18 @@ def test_table_has_one_row_per_method_and_every_column():
     assert rows["plain"][5] == "-"  # no tau for transformers' own generate
 
 
+def test_sampled_calls_are_not_counted_as_identical_or_not():
+    sampled = pard_result()
+    sampled.identical = [None, None]
+    methods = summarize({"plain": plain_result(), "pard": sampled})
+    assert methods["pard"]["identical_to_plain"] is None
+    row = format_table({"methods": methods}).splitlines()[3].split("|")
+    assert row[1].strip() == "pard" and row[6].strip() == "-"
+    mixed = pard_result()
+    mixed.identical = [None, True]  # only compared calls count
+    assert summarize({"plain": plain_result(), "pard": mixed})["pard"]["identical_to_plain"] == "1/1"
+
+
 def test_table_of_an_older_report_without_round_costs():
     old = {"methods": {"plain": {"median_tokens_per_s": 21.8, "speedup_vs_plain": 1.0, "identical_to_plain": "40/40"}}}
     assert format_table(old).splitlines()[2].split("|")[2].strip() == "21.8"

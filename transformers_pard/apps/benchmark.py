@@ -2,7 +2,10 @@
 
 For each prompt (jsonl lines ``{"data": ...}``, run through the chat template) every method runs
 once, in turn, after one warm-up call per method (which also pays any ``torch.compile``); each output
-is compared with plain ``generate``.
+is compared with plain ``generate``. Greedy by default; with ``Sampling`` (``bench --temperature T``) every
+call samples, each prompt's calls start from the same seed, and outputs are not compared (sampled outputs of
+different methods differ even when each follows the target's distribution exactly, which the chi-square tests
+of ``tests/test_sampling.py`` check).
 
 Methods:
 
@@ -78,6 +81,27 @@ def parse_methods(text: str) -> list[str]:
     if repeated:
         raise ValueError(f"Benchmark method(s) {repeated} listed twice; list each method once.")
     return methods
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding for every method: ``temperature`` > 0, optional ``top_p`` in (0, 1]; the calls on
+    prompt i start from ``torch.manual_seed(seed + i)``."""
+
+    temperature: float
+    top_p: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 to sample (got {self.temperature}); for greedy decoding "
+                             "leave sampling off (no --temperature).")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
+
+    def generate_kwargs(self) -> dict:
+        return {"do_sample": True, "temperature": self.temperature,
+                **({} if self.top_p is None else {"top_p": self.top_p})}
 
 
 @dataclass
@@ -157,16 +181,18 @@ class Runner:
     """Knows each method's ``generate`` call (``kwargs``); ``run`` times one prompt.
 
     ``min_tau`` is passed to the engine methods as ``pard_min_tau`` (None: drafting never switches
-    off, so every round of a PARD method drafts and its round cost is a drafting round's).
+    off, so every round of a PARD method drafts and its round cost is a drafting round's). ``sampling``:
+    every method samples (``Sampling``); None: greedy.
     """
 
     def __init__(self, target, tokenizer, *, draft=None, ar_draft=None, pard2_draft=None, k: int = 8,
                  max_new_tokens: int = 128, min_tau: float | None = None, phase_timing: bool = True,
-                 tree_nodes: int = 8, lookup_nodes: int = 8, lookup_store: bool = False):
+                 tree_nodes: int = 8, lookup_nodes: int = 8, lookup_store: bool = False,
+                 sampling: Sampling | None = None):
         self.target, self.tokenizer, self.draft, self.ar_draft = target, tokenizer, draft, ar_draft
         self.pard2_draft, self.k, self.max_new_tokens = pard2_draft, k, max_new_tokens
         self.min_tau, self.phase_timing, self.tree_nodes = min_tau, phase_timing, tree_nodes
-        self.lookup_nodes, self.lookup_store = lookup_nodes, lookup_store
+        self.lookup_nodes, self.lookup_store, self.sampling = lookup_nodes, lookup_store, sampling
         self.compiled = None
 
     def compiled_target(self):
@@ -177,7 +203,8 @@ class Runner:
 
     def kwargs(self, method: str) -> tuple[object, dict]:
         """(the model to call, the ``generate`` keywords) of ``method``."""
-        common = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
+        decoding = self.sampling.generate_kwargs() if self.sampling else {"do_sample": False}
+        common = dict(max_new_tokens=self.max_new_tokens, **decoding)
         pard = {**common, "num_assistant_tokens": self.k, "pard_min_tau": self.min_tau}
         tree = {**pard, "pard_draft": self.draft, "pard_tree": self.tree_nodes}
         lookup = {**tree, "pard_lookup": self.lookup_nodes, **({"pard_lookup_store": True} if self.lookup_store else {})}
@@ -202,8 +229,10 @@ class Runner:
             raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
         return calls[method]()
 
-    def run(self, method: str, ids: torch.Tensor) -> CallRecord:
+    def run(self, method: str, ids: torch.Tensor, prompt_index: int = 0) -> CallRecord:
         model, kwargs = self.kwargs(method)
+        if self.sampling is not None:  # every method's call on this prompt starts from the same seed
+            torch.manual_seed(self.sampling.seed + prompt_index)
         if method in ENGINE_METHODS:
             return engine_call(model, ids, kwargs, phase_timing=self.phase_timing)
         return hooked_call(model, ids, kwargs, draft=self.ar_draft if method == "assisted" else None)
@@ -216,7 +245,7 @@ class MethodResult:
     name: str
     tokens: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-    identical: list[bool] = field(default_factory=list)
+    identical: list[bool | None] = field(default_factory=list)  # None: sampled (not compared)
     target_forwards: list[int] = field(default_factory=list)  # including each call's prefill
     rounds: list[int] = field(default_factory=list)  # decode rounds (target forwards after the prefill)
     prefill_seconds: list[float | None] = field(default_factory=list)
@@ -229,10 +258,11 @@ class MethodResult:
     histogram: list[int] = field(default_factory=list)  # accepted_histogram summed over the calls
     lookup_tokens: int = 0  # committed tokens that came from a lookup branch (pard-lookup methods)
 
-    def add(self, call: CallRecord, prompt_len: int, reference: torch.Tensor) -> None:
+    def add(self, call: CallRecord, prompt_len: int, reference: torch.Tensor | None) -> None:
+        """``reference``: plain's output on the same prompt, or None when sampling (nothing to compare)."""
         self.tokens.append(call.sequences.shape[1] - prompt_len)
         self.seconds.append(call.seconds)
-        self.identical.append(bool(torch.equal(call.sequences, reference)))
+        self.identical.append(None if reference is None else bool(torch.equal(call.sequences, reference)))
         self.target_forwards.append(call.target_forwards)
         self.rounds.append(call.rounds)
         self.prefill_seconds.append(call.prefill_seconds)
@@ -250,7 +280,7 @@ class MethodResult:
 
 def run_benchmark(runner: Runner, prompts: list[str], methods: list[str], *, progress=None) -> dict[str, MethodResult]:
     """Every method on every prompt (interleaved, after one warm-up each), plain first: its output is
-    the reference each other method's is compared with."""
+    the reference each other method's is compared with (greedy only)."""
     device = next(runner.target.parameters()).device
     methods = ["plain", *(m for m in methods if m != "plain")]
     results = {m: MethodResult(m) for m in methods}
@@ -265,8 +295,8 @@ def run_benchmark(runner: Runner, prompts: list[str], methods: list[str], *, pro
         ids = chat_ids(runner.tokenizer, text, device)
         reference = None
         for method in methods:
-            call = runner.run(method, ids)
-            reference = call.sequences if reference is None else reference
+            call = runner.run(method, ids, index)
+            reference = call.sequences if reference is None and runner.sampling is None else reference
             results[method].add(call, ids.shape[1], reference)
         if progress is not None:
             progress(index + 1, len(prompts))

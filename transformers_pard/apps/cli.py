@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 
-from .benchmark import METHODS, Runner, parse_methods, run_benchmark
+from .benchmark import METHODS, Runner, Sampling, parse_methods, run_benchmark
 from .demo import check_tree_arguments, demo, lookup_nodes, store_on
 from .models import (
     ATTENTION,
@@ -71,7 +71,21 @@ def run_settings(args: argparse.Namespace, methods: list[str], lookup_store: boo
             "methods": methods, "k": args.k, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "draft_dtype": args.draft_dtype, "device": args.device, "attn": args.attn, "min_tau": args.min_tau,
             "phase_timing": args.phase_timing, "tree_nodes": args.tree_nodes, "lookup_nodes": lookup_nodes(args),
-            "lookup_store": lookup_store, "prompts": args.prompts, "limit": args.limit}
+            "lookup_store": lookup_store, "prompts": args.prompts, "limit": args.limit,
+            "sampling": None if args.temperature is None else {"temperature": args.temperature, "top_p": args.top_p,
+                                                                "seed": args.seed}}
+
+
+def sampling_of(args: argparse.Namespace) -> Sampling | None:
+    """``--temperature`` / ``--top-p`` / ``--seed`` as a ``Sampling`` (None: greedy); bad values exit with the fix."""
+    if args.temperature is None:
+        if args.top_p is not None:
+            raise SystemExit("--top-p samples: add --temperature T (e.g. --temperature 0.7 --top-p 0.9).")
+        return None
+    try:
+        return Sampling(args.temperature, args.top_p, args.seed)
+    except ValueError as err:
+        raise SystemExit(f"--temperature / --top-p: {err}") from None
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -80,6 +94,7 @@ def bench(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise SystemExit(f"--methods: {err}") from None
     check_drafts(args, methods)
+    sampling = sampling_of(args)
     if {"pard-lookup", "pard-lookup-compiled"} & set(methods):
         check_tree_arguments(args)
     prompts = read_prompts(args.prompts, args.limit)
@@ -89,7 +104,7 @@ def bench(args: argparse.Namespace) -> None:
     store = store_on(args, drafts.get("draft"))
     runner = Runner(target, tokenizer, **drafts, k=args.k, max_new_tokens=args.max_new_tokens,
                     min_tau=args.min_tau, phase_timing=args.phase_timing, tree_nodes=args.tree_nodes,
-                    lookup_nodes=lookup_nodes(args), lookup_store=store)
+                    lookup_nodes=lookup_nodes(args), lookup_store=store, sampling=sampling)
     results = run_benchmark(runner, prompts, methods,
                             progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", flush=True))
     print()
@@ -101,6 +116,9 @@ def bench(args: argparse.Namespace) -> None:
     print(format_table(report))
     print("\n".join(format_ideal(report)))
     print("warm-up (one call per method, torch.compile included) excluded from every timing")
+    if sampling is not None:
+        print(f"sampled at temperature {sampling.temperature} (top_p {sampling.top_p}, seed {sampling.seed} + prompt "
+              "index): outputs differ by design and are not compared (exactness: tests/test_sampling.py)")
     if args.json:
         save_report(report, args.json)
         print(f"wrote {args.json}")
@@ -178,6 +196,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--min-tau", type=optional_float, default=None,
                    help="pard_min_tau of the PARD methods (default none: drafting never switches off, so every "
                         "round drafts; 1.3 = the library default)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sample every method at this temperature (default: greedy); outputs are then not compared")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling with --temperature")
+    p.add_argument("--seed", type=int, default=0, help="with --temperature: prompt i's calls start from seed + i")
     p.add_argument("--no-phase-timing", dest="phase_timing", action="store_false",
                    help="do not ask the engine for per-phase times (pard_timing)")
     p.add_argument("--json", default=None, help="write the full report here")

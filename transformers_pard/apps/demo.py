@@ -44,10 +44,18 @@ def store_on(args: argparse.Namespace, draft) -> bool:
 
 def lookup_nodes(args: argparse.Namespace) -> int:
     """``--lookup-nodes``; by default min(K, --tree-nodes): a chain as long as the tree can hold, ranked
-    against the draft's nodes (docs/results.md: a shorter cap accepted less)."""
+    against the draft's nodes (docs/results.md: a shorter cap accepted less). Sampling (bench
+    ``--temperature``) gives the lookup a fixed share of the tree instead, and the draft keeps the rest: half
+    of it by default, the best share of the fixed-share table (docs/results.md, "A lookup branch")."""
     if args.lookup_nodes is not None:
         return args.lookup_nodes
+    if sampled(args):
+        return max(min(args.k, args.tree_nodes // 2), 0)
     return max(min(args.k, args.tree_nodes), 0)
+
+
+def sampled(args: argparse.Namespace) -> bool:
+    return getattr(args, "temperature", None) is not None
 
 
 def check_tree_arguments(args: argparse.Namespace) -> None:
@@ -56,6 +64,9 @@ def check_tree_arguments(args: argparse.Namespace) -> None:
     if args.tree_nodes > 0 and not 0 <= lookup <= args.k:
         raise SystemExit(f"--lookup-nodes {lookup}: a round holds 0 .. K = {args.k} lookup candidates (a chain "
                          f"at most K deep).")
+    if args.tree_nodes > 0 and sampled(args) and lookup >= args.tree_nodes:
+        raise SystemExit(f"--lookup-nodes {lookup}: sampling gives the lookup a fixed share of the {args.tree_nodes} "
+                         f"tree nodes and the draft keeps at least one: use --lookup-nodes {args.tree_nodes - 1} or less.")
 
 
 def pard_name(args: argparse.Namespace, draft) -> str:

@@ -37,6 +37,8 @@ DEFINITIONS = {
                              "assisted, lookup); prefill excluded",
     "ms_per_round": "draft + verify + other per decode round; prefill excluded",
     "round_cost_plain_steps": "ms_per_round / plain's ms_per_round",
+    "identical_to_plain": "calls whose output equals plain generate's on the same prompt (greedy); null when "
+                          "sampling (settings.sampling), where outputs differ by design",
     "phase_ms_per_round": "the engine's own phase timers (pard_timing=True); for transformers' methods, forward "
                           "hooks: verify = target forwards, draft = the assisted draft's forwards, other = the rest",
     "ideal_speedup": "derived from the measured phase times of the method itself: committed tokens x plain's "
@@ -87,6 +89,12 @@ def ideal(result: MethodResult, plain_forward_ms: float | None, speedup: float) 
     return {"ideal_speedup": best, "efficiency": speedup / best}
 
 
+def identical_count(result: MethodResult) -> str | None:
+    """"n/N" of the calls compared with plain's output, or None when none was (sampled calls)."""
+    compared = [same for same in result.identical if same is not None]
+    return f"{sum(compared)}/{len(compared)}" if compared else None
+
+
 def summarize_method(result: MethodResult, plain: dict, ar_plus: MethodResult | None) -> dict:
     """One method's row of the report (``plain``: plain's rate and round costs)."""
     rate, costs = _rate(result), round_costs(result)
@@ -99,7 +107,7 @@ def summarize_method(result: MethodResult, plain: dict, ar_plus: MethodResult | 
         "tokens_per_s": rate,
         "speedup_vs_plain": speedup,
         "speedup_vs_ar_plus": rate / _rate(ar_plus) if ar_plus is not None else None,
-        "identical_to_plain": f"{sum(result.identical)}/{len(result.identical)}",
+        "identical_to_plain": identical_count(result),
         "target_forwards": sum(result.target_forwards),
         **engine_counts(result),
         **costs,
@@ -176,7 +184,7 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
         phases = m.get("phase_ms_per_round") or {}
         rows.append((name, _cell(m["median_tokens_per_s"], ".1f"), _cell(m.get("tokens_per_s"), ".1f"),
                      _cell(m["speedup_vs_plain"], ".2f", "x"), _cell(m.get("speedup_vs_ar_plus"), ".2f", "x"),
-                     m["identical_to_plain"], _cell(m.get("tau"), ".2f"),
+                     m["identical_to_plain"] or "-", _cell(m.get("tau"), ".2f"),
                      _cell(m.get("ms_per_target_forward"), ".1f"), _cell(m.get("ms_per_round"), ".1f"),
                      _cell(m.get("round_cost_plain_steps"), ".2f"),
                      *(_cell(phases.get(p), ".1f") for p in PHASES)))
