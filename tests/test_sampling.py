@@ -105,17 +105,42 @@ def test_pard_sampling_matches_the_target_distribution(models, name):
     assert 1.0 < stats.tau < NEW  # drafts were really accepted and rejected
 
 
-def test_sampling_with_a_vocabulary_subset_matches_the_target_distribution(models):
-    """A subset head gives q = 0 outside the subset: tokens it cannot propose still come from p."""
+@pytest.mark.parametrize("name, tree", [("temperature", {}), ("top_k_top_p_temperature", {}),
+                                        ("top_k_top_p_temperature", {"pard_tree": 6})])
+def test_sampling_with_a_vocabulary_subset_matches_the_target_distribution(models, name, tree):
+    """A subset head's q is processed and drawn over its own columns (q = 0 outside the subset): tokens it
+    cannot propose still come from p, and top-k / top-p over the subset give the right distribution."""
     target, draft = models
     subset = tiny_pard_draft(target, seed=5)
     attach_vocab_subset(subset, torch.tensor([3, 5, 2, 6]))  # EOS kept; 0, 1, 4 and 7 never drafted
-    settings = SETTINGS["temperature"]
+    settings = SETTINGS[name]
     calls = []
-    counts = pard_draws(target, subset, settings, stats=calls)
+    counts = pard_draws(target, subset, settings, stats=calls, **tree)
     assert chi_square_p(counts, exact_distribution(target, settings)) > 1e-3
     assert any(row[0] in (1, 4, 7) for row in counts)  # tokens outside the subset do occur (from p)
     assert 1.0 < calls[-1].tau < NEW
+
+
+def test_a_subset_heads_q_is_its_full_vocabulary_q():
+    """Processing the subset's columns gives the q that processing the full-vocabulary logits (-inf outside
+    the subset) gives, for every prefix-free warper."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+
+    from transformers_pard.drafting import DraftLogits
+    from transformers_pard.scoring import Scorer
+    from transformers_pard.verification import draft_q
+
+    torch.manual_seed(0)
+    ids = torch.tensor([7, 1, 30, 12, 4, 25, 9, 18, 2, 27])
+    draft = DraftLogits(torch.randn(2, 3, len(ids)) * 3, ids, vocab_size=32)
+    for warpers in ([TemperatureLogitsWarper(0.7), TopKLogitsWarper(4), TopPLogitsWarper(0.8)],
+                    [MinPLogitsWarper(0.1)], [TypicalLogitsWarper(0.9)], [TopKLogitsWarper(50)]):
+        scorer = Scorer(LogitsProcessorList(warpers))
+        q_columns, q = draft_q(scorer, None, draft)
+        full = torch.softmax(scorer.unconditioned_scores(None, draft.full()), -1)
+        torch.testing.assert_close(q, full)
+        torch.testing.assert_close(q[..., ids], q_columns)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

@@ -70,10 +70,15 @@ class DraftLogits:
 
     def full(self) -> torch.Tensor:
         """(B, K, V): -inf at the ids the draft cannot propose."""
+        return self.on_vocab(self.values, float("-inf"))
+
+    def on_vocab(self, columns: torch.Tensor, fill: float) -> torch.Tensor:
+        """Per-column values (B, K, N) on the target's vocabulary (B, K, V), ``fill`` at the ids the draft
+        cannot propose (e.g. probabilities: 0)."""
         if self.ids is None:
-            return self.values
-        full = self.values.new_full((*self.values.shape[:-1], self.vocab_size), float("-inf"))  # (B, K, V)
-        return full.index_copy_(-1, self.ids, self.values)
+            return columns
+        full = columns.new_full((*columns.shape[:-1], self.vocab_size), fill)  # (B, K, V)
+        return full.index_copy_(-1, self.ids, columns)
 
     def target_ids(self, columns: torch.Tensor) -> torch.Tensor:
         """Column indices (any shape) as target token ids."""

@@ -95,17 +95,29 @@ class GreedyVerifier(ChainVerifier):
         return Verdict(target_choice, num_accepted + 1, scores)
 
 
+def draft_q(scorer: Scorer, state, draft: DraftLogits) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draft's K proposal distributions with prefix-free processors: q over the draft's own columns
+    (B, K, N) and on the target's vocabulary (B, K, V), 0 where the draft cannot propose.
+
+    The processors act on values, not on token ids, so processing a subset head's N columns gives the q that
+    processing its full-vocabulary logits (-inf outside the subset) would; top-p's sort and the draws then
+    cost N/V of theirs (SmolLM2: 8,192 of 49,152 columns)."""
+    q_columns = torch.softmax(scorer.unconditioned_scores(state, draft.values), -1)  # (B, K, N)
+    return q_columns, draft.on_vocab(q_columns, 0.0)  # (B, K, N), (B, K, V)
+
+
 class SamplingVerifier(ChainVerifier):
     """Draft: sample from q = softmax(processed draft logits). Accept: the speculative sampling rule."""
 
     def propose(self, state, draft: DraftLogits):
         """Sample d_1..d_K; returns (tokens (B, K), q (B, K, V))."""
+        if self.scorer.prefix_free:
+            q_columns, q = draft_q(self.scorer, state, draft)  # (B, K, N), (B, K, V)
+            batch, k, columns = q_columns.shape
+            drawn = torch.multinomial(q_columns.reshape(-1, columns), 1).reshape(batch, k)  # (B, K) columns
+            return draft.target_ids(drawn), q
         draft_logits = draft.full()  # (B, K, V): q lives on the target's vocabulary
         batch, k, vocab = draft_logits.shape
-        if self.scorer.prefix_free:
-            q = torch.softmax(self.scorer.unconditioned_scores(state, draft_logits), -1)
-            tokens = torch.multinomial(q.reshape(-1, vocab), 1).reshape(batch, k)  # (B, K)
-            return tokens, q
         # Prefix-dependent processors: slot j's q depends on d_1..d_{j}, so draw one slot at a time.
         tokens = draft_logits.new_zeros(batch, 0, dtype=torch.long)
         qs = []
@@ -328,9 +340,14 @@ class SamplingTreeVerifier(TreeVerifier):
         return self.shapes[self.budget - self.lookup]
 
     def propose(self, state, draft: DraftLogits):
-        q = torch.softmax(self.scorer.unconditioned_scores(state, draft.full()), -1)  # (B, K, V) prefix-free processors
-        trees = lambda counts: {n: sampled_tree(q, self.shapes[n]) for n in counts}  # noqa: E731
+        q_columns, q = draft_q(self.scorer, state, draft)  # (B, K, N), (B, K, V)
+        trees = lambda counts: {n: self._sampled(q_columns, n, draft) for n in counts}  # noqa: E731
         return self._tree(state, trees), q
+
+    def _sampled(self, q_columns: torch.Tensor, nodes: int, draft: DraftLogits) -> TokenTree:
+        """The draft's tree of ``nodes`` drawn from q over its columns, its tokens as target ids."""
+        tree = sampled_tree(q_columns, self.shapes[nodes])
+        return replace(tree, tokens=draft.target_ids(tree.tokens))
 
     def _tree(self, state, build) -> TokenTree:
         """The round's tree: ``build(counts)`` gives the draft's trees of those node counts; plus the lookup
