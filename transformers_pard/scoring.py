@@ -41,6 +41,26 @@ class Scorer:
         processors = list(processors or [])
         self.processors = LogitsProcessorList(processors)
         self.prefix_free = all(isinstance(p, PREFIX_FREE) for p in processors)
+        self.top_k_at = _compactable_top_k(processors) if self.prefix_free else None
+
+    def _prefix_free(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The prefix-free processors on rows of scores (R, V).
+
+        On a CPU, when top-k is followed by other warpers (generate's temperature -> top-k -> top-p), those
+        run on top-k's survivors only: every warper after it acts on values, and the -inf entries add 0 to
+        every softmax and cumulative sum, so the kept set is the same, while top-p sorts the survivors
+        instead of all V logits (SmolLM2: 50 of 49,152 per verify slot). Survivors = the most finite entries
+        of any row, so ties at the k-th value stay in. Where top-p or min-p cut through exactly equal logits,
+        which of them stay follows ``torch.sort``'s tie order, as in transformers (its sort is not stable
+        either). Elsewhere the warpers run as given (a GPU sorts fast, and counting the survivors would read
+        the device from the host)."""
+        if self.top_k_at is None or scores.device.type != "cpu":
+            return self.processors(ids, scores)
+        scores = LogitsProcessorList(self.processors[: self.top_k_at + 1])(ids, scores)
+        survivors = int(torch.isfinite(scores).sum(-1).max())
+        values, columns = scores.topk(survivors, dim=-1)  # (R, S)
+        values = LogitsProcessorList(self.processors[self.top_k_at + 1:])(ids, values)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, columns, values)  # (R, V)
 
     def scores(self, state, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Scores (B, S, V) of ``logits`` (B, S, V), slot j's prefix being ``committed + tokens[:, :j]``."""
@@ -50,7 +70,7 @@ class Scorer:
         batch, slots, vocab = logits.shape
         if self.prefix_free:
             dummy_ids = tokens.new_zeros(batch * slots, 1)
-            return self.processors(dummy_ids, logits.reshape(-1, vocab)).reshape(batch, slots, vocab)
+            return self._prefix_free(dummy_ids, logits.reshape(-1, vocab)).reshape(batch, slots, vocab)
         return torch.stack([self.slot_scores(state, tokens[:, :j], logits[:, j]) for j in range(slots)], dim=1)
 
     def unconditioned_scores(self, state, logits: torch.Tensor) -> torch.Tensor:
@@ -78,3 +98,12 @@ class Scorer:
             prefix = torch.cat([state.tokens[b, :end], drafted[b]])  # (end + j,)
             out[b] = self.processors(prefix.expand(batch, -1), logits[b].expand(batch, -1).clone())[b]
         return out
+
+
+def _compactable_top_k(processors: list) -> int | None:
+    """Index of a top-k warper (filling -inf) that other warpers follow, or None."""
+    for index, processor in enumerate(processors):
+        if isinstance(processor, TopKLogitsWarper):
+            followed = index + 1 < len(processors)
+            return index if followed and processor.filter_value == float("-inf") else None
+    return None
