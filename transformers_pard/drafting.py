@@ -245,17 +245,25 @@ def resolve_draft(target, draft, *, pard_mode: str | None = None, head_cache: di
     return Drafter(model=draft, spec=spec, inputs=inputs, head=subset_head(draft, head_cache))
 
 
+MAX_HEADS = 6  # subset heads kept per runtime (least recently used dropped), one per draft in use
+
+
 def subset_head(draft, head_cache: dict | None = None) -> SubsetHead | None:
-    """The draft's ``SubsetHead`` (built once per draft and subset when a cache dict is given)."""
+    """The draft's ``SubsetHead``, built once per draft and subset when a cache dict is given.
+
+    The head's identity keys the draft's (compiled) forward function, so drafts used in turn must each
+    keep theirs: a head rebuilt every call would compile a new graph every call.
+    """
     ids = vocab_subset(draft)
     if ids is None:
         return None
     head = draft.get_output_embeddings()
-    key = (id(draft), weights_version(head), ids.data_ptr())
-    if head_cache is not None and key in head_cache:
-        return head_cache[key]
-    built = SubsetHead(head, ids)
+    key = (id(draft), ids.data_ptr())
+    version = weights_version(head)
+    cached = head_cache.pop(key, None) if head_cache is not None else None
+    built = cached[1] if cached is not None and cached[0] == version else SubsetHead(head, ids)
     if head_cache is not None:
-        head_cache.clear()
-        head_cache[key] = built
+        head_cache[key] = (version, built)  # most recently used last
+        while len(head_cache) > MAX_HEADS:
+            head_cache.pop(next(iter(head_cache)))
     return built
