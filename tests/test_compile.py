@@ -8,6 +8,7 @@ from transformers_pard import enable_pard
 from transformers_pard.hardware import python_headers_available
 from transformers_pard.runtime import PardOptions
 from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
+from transformers_pard.vocab import attach_vocab_subset
 
 
 def run_calls(target, draft, calls):
@@ -118,6 +119,26 @@ def test_an_fp32_and_a_bf16_draft_share_a_compiled_target():
     assert_plain_greedy(outputs)
 
 
+def test_two_subset_head_drafts_used_in_turn_keep_one_graph_each():
+    """Each draft keeps its subset head (the forward's key) while another is in use, so alternating drafts
+    reuses their forward functions. A head rebuilt each call meant a new forward function each call, which
+    with inductor's frozen weights was a recompile each call, until dynamo's limit (8) raised."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, compile_backend=counter, max_cache_len=96)
+    drafts = []
+    for seed, dtype in ((3, torch.float32), (4, torch.bfloat16)):
+        draft = perturbed_pard_draft(target, seed=seed).to(dtype)
+        attach_vocab_subset(draft, torch.randperm(target.config.vocab_size, generator=torch.Generator().manual_seed(seed))[:40])
+        drafts.append(draft)
+    outputs = []
+    for call in range(10):
+        outputs += run_calls(target, drafts[call % 2], [(call, 7, 1, 6)])
+    assert counter.frame_count == 3  # verify + one graph per draft
+    assert len(target.pard_runtime._forwards) == 3  # the same three forward functions every call
+    assert_plain_greedy(outputs)
+
+
 def test_compiled_ar_plus_has_one_graph():
     torch._dynamo.reset()
     counter = CompileCounter()
@@ -131,13 +152,15 @@ def test_compiled_ar_plus_has_one_graph():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
+@pytest.mark.parametrize("cpu_gemm, kernel", [("mkl", "mkl::_mkl_linear"), ("onednn", "mkldnn::_linear_pointwise")])
+def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu(cpu_gemm, kernel):
     """Real inductor compile on one tiny fixed-shape case (about a minute on 2 CPU cores). On an x86 CPU
-    with MKL, weight freezing must reach the graphs: their linears run MKL's pre-packed GEMM. (Passing
-    ``freezing`` only through ``torch.compile(options=...)`` leaves plain ``aten::mm``, re-packing the
-    weights on every call.) Python wrapper: the profiler sees the kernels it calls."""
+    with MKL, weight freezing must reach the graphs: their linears run a pre-packed GEMM, MKL's or oneDNN's
+    as ``cpu_gemm`` says. (Passing ``freezing`` only through ``torch.compile(options=...)`` leaves plain
+    ``aten::mm``, re-packing the weights on every call.) Python wrapper: the profiler sees the kernels."""
     torch._dynamo.reset()
-    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64, cpp_wrapper=False)
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64, cpp_wrapper=False,
+                         cpu_gemm=cpu_gemm)
     reference = tiny_causal_lm("llama", seed=0)
     draft = perturbed_pard_draft(target)
     (ids, max_new, out), = run_calls(target, draft, [(0, 6, 1, 12)])
@@ -145,9 +168,39 @@ def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu():
     assert not torch._inductor.config.freezing  # set for the engine's compiled calls only
     if torch._C.has_mkl and torch.backends.mkldnn.is_available():
         with torch.profiler.profile() as profile:
-            run_calls(target, draft, [(1, 6, 1, 12)])
+            later = run_calls(target, draft, [(1, 6, 1, 12)])
         ops = {event.key for event in profile.key_averages()}
-        assert "mkl::_mkl_linear" in ops
+        assert kernel in ops
+        if cpu_gemm == "mkl":  # (with oneDNN the draft's head stays MKL's: its K rows of 2K are a static slice)
+            assert "mkldnn::_linear_pointwise" not in ops
+        assert_plain_greedy(later)
+
+
+@pytest.mark.parametrize("cpu_gemm, timed_faster, rows, dtype, expected", [
+    (None, True, 9, torch.float32, True),  # measured: oneDNN faster here
+    (None, False, 9, torch.float32, False),
+    ("onednn", False, 9, torch.float32, True),  # asked for: no timing
+    ("mkl", True, 9, torch.float32, False),
+    ("onednn", True, 1, torch.float32, False),  # one row cannot be dynamic (dynamo specializes 0 and 1)
+    (None, True, 9, torch.bfloat16, False),  # inductor packs bf16 with oneDNN anyway
+])
+def test_cpu_gemm_decides_whether_the_rows_are_dynamic(monkeypatch, cpu_gemm, timed_faster, rows, dtype, expected):
+    import transformers_pard.runtime as runtime
+
+    monkeypatch.setattr(runtime, "onednn_gemm_is_faster", lambda module, rows: timed_faster)
+    options = PardOptions(compile=True, cpu_gemm=cpu_gemm)
+    assert options.dynamic_rows(torch.nn.Linear(4, 4), torch.device("cpu"), dtype, rows) is expected
+    unfrozen = PardOptions(compile=True, freeze=False)  # aten::mm either way
+    assert unfrozen.dynamic_rows(torch.nn.Linear(4, 4), torch.device("cpu"), torch.float32, 9) is False
+
+
+def test_bad_cpu_gemm_settings_are_refused():
+    with pytest.raises(ValueError, match="cpu_gemm must be one of"):
+        PardOptions(compile=True, cpu_gemm="blas")
+    with pytest.raises(ValueError, match="compile=True"):
+        PardOptions(cpu_gemm="onednn")
+    with pytest.raises(ValueError, match="freeze=False"):
+        PardOptions(compile=True, freeze=False, cpu_gemm="mkl")
 
 
 @pytest.mark.slow

@@ -54,3 +54,28 @@ def test_measuring_leaves_the_global_random_stream_alone():
     torch.manual_seed(7)
     packed_is_faster(32, 96, True, 2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_compiled_gemm_choice_weighs_each_shape_by_its_layers(monkeypatch):
+    """The sum over layers decides, not the number of shapes each kernel wins."""
+    times = {("onednn", 8): 1.0, ("mkl", 8): 2.0, ("onednn", 100): 5.0, ("mkl", 100): 3.0}
+    monkeypatch.setattr(prepack, "mkl_packed_available", lambda: True)
+    monkeypatch.setattr(prepack, "_packed_linear_seconds", lambda lib, i, o, bias, rows: times[lib, o])
+    model = nn.Sequential(*[nn.Linear(4, 8) for _ in range(3)], nn.Linear(4, 100))
+    assert prepack.onednn_gemm_is_faster(model, rows=9) is True  # 3 + 5 = 8 < 6 + 3 = 9
+    times["mkl", 100] = 1.0
+    assert prepack.onednn_gemm_is_faster(model, rows=9) is False  # 8 > 7
+
+
+@pytest.mark.skipif(not prepack.mkl_packed_available(), reason="no MKL packed GEMM in this torch build")
+def test_both_packed_kernels_time_and_agree():
+    prepack._packed_linear_seconds.cache_clear()
+    assert all(prepack._packed_linear_seconds(lib, 32, 96, True, 3) > 0 for lib in ("onednn", "mkl"))
+    assert prepack._packed_linear_seconds.cache_info().misses == 2
+    with torch.no_grad():
+        weight, bias, x = torch.randn(96, 32), torch.randn(96), torch.randn(3, 32)
+        mkl = torch.ops.mkl._mkl_linear(x, torch.ops.mkl._mkl_reorder_linear_weight(weight, 3), weight, bias, 3)
+        onednn = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(weight, 3), bias,
+                                                    "none", [], "")
+    torch.testing.assert_close(mkl, onednn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mkl, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)

@@ -120,10 +120,12 @@ class ForwardFn:
     graphs for as long as the shapes (batch, width, cache capacity) stay the same.
     """
 
-    def __init__(self, model, *, compile_mode: str | None = None, compile_backend="inductor", compile_options=None):
+    def __init__(self, model, *, compile_mode: str | None = None, compile_backend="inductor", compile_options=None,
+                 dynamic_rows: bool = False):
         self.model = model
         self.cache_keyword = cache_keyword(model)
         self.compiled = None
+        self.dynamic_rows = dynamic_rows  # compiled: the row count symbolic (PardOptions.cpu_gemm)
         self.call_config = {}  # inductor settings that must be active while a graph compiles (see below)
         if compile_mode is not None:
             mode = None if compile_backend != "inductor" else compile_mode
@@ -146,6 +148,10 @@ class ForwardFn:
         use_compiled = compiled and self.compiled is not None
         if use_compiled and cache.window_granularity is not None:
             torch._dynamo.mark_dynamic(mask, 3)  # the read window: one graph for every width
+        if use_compiled and self.dynamic_rows and position_ids.shape[1] > 1:
+            rows = inputs_embeds if inputs_embeds is not None else input_ids
+            for tensor, dim in ((rows, 1), (position_ids, 1), (mask, 2), (cache.write_slots, 1)):
+                torch._dynamo.mark_dynamic(tensor, dim)  # every (B, T, ...) input: T symbolic
         with torch._inductor.config.patch(self.call_config if use_compiled else {}):
             out = (self.compiled if use_compiled else self.model)(
                 input_ids=None if inputs_embeds is not None else input_ids,

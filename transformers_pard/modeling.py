@@ -40,6 +40,7 @@ def enable_pard(
     freeze: bool | None = None,
     cpp_wrapper: bool | None = None,
     prepack: bool | None = None,
+    cpu_gemm: str | None = None,
     max_cache_len: int | None = None,
 ):
     """Give an already-loaded causal LM ``generate(..., pard_draft=draft)``; returns the same object.
@@ -56,12 +57,15 @@ def enable_pard(
             host time a forward, a slower first compile; default: on with compile on CPU).
         prepack: CPU fp32: pre-packed oneDNN linear weights in the engine's forwards (default: where
             available; False keeps the model's own kernels).
+        cpu_gemm: CPU fp32 + compile: "onednn" or "mkl", whose packed GEMM the compiled linears call
+            (default: the faster on this CPU, timed at the first compile; see ``PardOptions``).
         max_cache_len: fix the KV cache capacity (tokens); requests that do not fit raise.
     """
     if not hasattr(model, "generate") or not hasattr(model, "config"):
         raise TypeError(f"enable_pard expects a transformers causal LM, got {type(model).__name__}.")
     options = PardOptions(compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, freeze=freeze,
-                          cpp_wrapper=cpp_wrapper, prepack=prepack, max_cache_len=max_cache_len)
+                          cpp_wrapper=cpp_wrapper, prepack=prepack, cpu_gemm=cpu_gemm,
+                          max_cache_len=max_cache_len)
     model.__class__ = _pard_class(type(model))
     model.__dict__["pard_runtime"] = PardRuntime(options)  # caches / forwards rebuilt for the new options
     return model

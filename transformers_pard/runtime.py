@@ -18,8 +18,11 @@ from .cache import PardCacheManager, move_slots
 from .drafting import Drafter
 from .engine import ForwardFn, LoopInputs, PardModels
 from .hardware import python_headers_available
-from .prepack import packed_view, prepack_available
+from .prepack import onednn_gemm_is_faster, packed_view, prepack_available
 from .weights import weights_version
+
+
+CPU_GEMMS = (None, "onednn", "mkl")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,13 @@ class PardOptions:
         (``prepack.py``; a view of the model, extra memory = one copy of its linear weights; outputs
         agree to float rounding; each weight shape is packed only where it times faster on this CPU).
         Default: on where available (x86 CPU, fp32, compile off); False keeps the model's own kernels.
+    cpu_gemm: CPU fp32, inductor with freeze: whose packed GEMM the compiled graphs' linears call, "onednn"
+        or "mkl". Inductor picks MKL's for a forward of static row count and oneDNN's for a dynamic one, so
+        "onednn" compiles the draft and verify forwards with their row count dynamic (one graph still; it
+        never changes between rounds; a head called on the last K of 2K rows keeps a static row count, and
+        MKL's GEMM). Default None: whichever is faster for the model's linear shapes at
+        the forward's row count, timed once per process (``prepack.onednn_gemm_is_faster``; oneDNN on AMD
+        EPYC, where MKL's packed fp32 GEMM took 3-4x as long).
     max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
     """
 
@@ -51,9 +61,16 @@ class PardOptions:
     freeze: bool | None = None
     cpp_wrapper: bool | None = None
     prepack: bool | None = None
+    cpu_gemm: str | None = None
     max_cache_len: int | None = None
 
     def __post_init__(self):
+        if self.cpu_gemm not in CPU_GEMMS:
+            raise ValueError(f"cpu_gemm must be one of {CPU_GEMMS}, got {self.cpu_gemm!r}.")
+        if self.cpu_gemm is not None and not self.compile:
+            raise ValueError("cpu_gemm chooses the GEMM of compiled graphs: pass compile=True with it.")
+        if self.cpu_gemm is not None and self.freeze is False:
+            raise ValueError("cpu_gemm chooses whose packed GEMM frozen weights use: drop freeze=False or cpu_gemm.")
         if self.max_cache_len is not None and self.max_cache_len < 1:
             raise ValueError(f"max_cache_len must be a positive number of tokens, got {self.max_cache_len}.")
         if self.compile_mode is not None and not self.compile:
@@ -94,6 +111,15 @@ class PardOptions:
         cpp_wrapper = self.cpp_wrapper if self.cpp_wrapper is not None else python_headers_available()
         wanted = {"freezing": self.freeze, "cpp_wrapper": cpp_wrapper}
         return {key: True for key, flag in wanted.items() if flag is not False} or None
+
+
+    def dynamic_rows(self, module, device: torch.device, dtype: torch.dtype, rows: int) -> bool:
+        """Whether ``module``'s compiled forward of ``rows`` rows gets a dynamic row count, so that inductor's
+        frozen fp32 linears call oneDNN's packed GEMM instead of MKL's (see ``cpu_gemm``)."""
+        frozen = (self.compile_options(device) or {}).get("freezing", False)
+        if not (frozen and dtype == torch.float32 and rows > 1) or self.cpu_gemm == "mkl":
+            return False
+        return self.cpu_gemm == "onednn" or onednn_gemm_is_faster(module, rows)
 
 
 def has_user_hooks(model: torch.nn.Module) -> bool:
@@ -173,7 +199,10 @@ class PardRuntime:
             module = owner if owner is source else owner.forward_module
             module = packed_view(module, rows=rows) if prepack else module
             module = gqa_view(module) if weight.device.type == "cpu" else module
-            entry = (version, ForwardFn(module, **self._compile_settings(module, build)))
+            settings = self._compile_settings(module, build)
+            dynamic_rows = settings["compile_mode"] is not None and self.options.dynamic_rows(
+                module, weight.device, weight.dtype, rows)
+            entry = (version, ForwardFn(module, **settings, dynamic_rows=dynamic_rows))
         self._forwards[key] = entry  # most recently used last
         while len(self._forwards) > self.MAX_FORWARDS:
             self._forwards.pop(next(iter(self._forwards)))
