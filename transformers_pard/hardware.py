@@ -2,9 +2,10 @@
 
 bf16 maths is native on CUDA/ROCm GPUs that support it and on CPUs with AVX512-BF16 or AMX; elsewhere
 (e.g. AVX2-only CPUs) PyTorch emulates it, and a bf16 matmul can be 100x slower than fp32. Native is not
-faster, though: on a CPU with AVX512-BF16 but no AMX, a bf16 matmul took 1.2x fp32's time at 1 row and
-1.5-1.7x at 64-512 rows (one thread, 576 x 1536, docs/results.md), so bf16 is the default only where it is
-faster: GPUs and AMX CPUs.
+always faster, though. With AVX512-BF16 but no AMX it depends on the CPU (576 x 1536 linear, 64 rows,
+docs/results.md): 1.5x fp32's time on a 2-core Intel Xeon, 0.4x on a 2-core AMD EPYC (Zen 4). So bf16 is
+the default where it is faster: GPUs, AMX CPUs, and AVX512-BF16 CPUs where a bf16 linear times faster
+than an fp32 one (measured once per process).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import functools
 import os
 import sysconfig
+import time
 
 import torch
 
 #: CPU flags (``/proc/cpuinfo``) that mean native bf16 matrix maths (not emulated).
 BF16_NATIVE_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-#: CPU flags that make bf16 matrix maths faster than fp32 (AMX's tiles; AVX512-BF16 alone is slower).
+#: CPU flags that make bf16 matrix maths faster than fp32 (AMX's tiles; with AVX512-BF16 alone it is timed).
 BF16_FAST_CPU_FLAGS = frozenset({"amx_bf16"})
 
 
@@ -57,8 +59,31 @@ def bf16_is_native(device: str | torch.device = "cpu") -> bool:
 
 
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """True where bf16 is the faster choice on ``device``: GPUs with bf16, CPUs with AMX."""
-    return _bf16_on(device, BF16_FAST_CPU_FLAGS)
+    """True where bf16 is the faster choice on ``device``: GPUs with bf16, CPUs with AMX, and CPUs with
+    native bf16 where a bf16 linear times faster than fp32 (``bf16_linear_is_faster``)."""
+    if _bf16_on(device, BF16_FAST_CPU_FLAGS):
+        return True
+    return torch.device(device).type == "cpu" and bf16_is_native(device) and bf16_linear_is_faster()
+
+
+@functools.cache
+def bf16_linear_is_faster(rows: int = 64, repeats: int = 10) -> bool:
+    """Whether a bf16 linear (576 -> 1536, a small LM's MLP, ``rows`` rows) beats fp32 on this CPU: the best
+    of three timings each, once per process (~0.1 s)."""
+
+    def best(dtype: torch.dtype) -> float:
+        weight, x = torch.randn(1536, 576, dtype=dtype), torch.randn(rows, 576, dtype=dtype)
+        times = []
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                torch.nn.functional.linear(x, weight)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        return best(torch.bfloat16) < best(torch.float32)
 
 
 def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:

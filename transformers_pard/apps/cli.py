@@ -155,10 +155,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=DEFAULT_DRAFT, help="PARD draft: a local folder (default: the shipped one) "
                    "or a Hub id")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="auto = bf16 where faster (GPUs, AMX CPUs), else fp32")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="auto = bf16 where faster (GPUs, AMX CPUs, CPUs where it times faster), else fp32")
     p.add_argument("--attn", choices=ATTENTION, default="sdpa", help="attention implementation")
     p.add_argument("--draft-dtype", choices=DRAFT_DTYPES, default="auto",
-                   help="dtype of the drafts (never changes the output): auto = bf16 where faster (GPUs, AMX CPUs), else the "
+                   help="dtype of the drafts (never changes the output): auto = bf16 where faster (GPUs, AMX CPUs, CPUs where it times faster), else the "
                         "target's; target = the target's")
     p.add_argument("--k", type=int, default=8, help="draft tokens per round")
     p.add_argument("--tree-nodes", type=int, default=8,

@@ -118,7 +118,7 @@ class TrainSettings:
     freeze_mask_row: bool = field(default=False, metadata=_help(
         "train stage: keep the mask row too (a draft whose mask row is trained; faster)"))
     dtype: str = field(default="auto", metadata=_help(
-        "data answers / training precision; auto = bf16 where faster (CUDA/ROCm, AMX CPUs)", choices=DTYPES))
+        "data answers / training precision; auto = bf16 where faster (CUDA/ROCm, AMX CPUs, CPUs where it times faster)", choices=DTYPES))
     batch_size: int = field(default=4, metadata=_help("train stage: samples per step"))
     grad_accum: int = field(default=2, metadata=_help("train stage: gradient accumulation steps"))
     max_length: int = field(default=320, metadata=_help("train stage: real tokens per sample"))
