@@ -47,6 +47,15 @@ def test_cpu_flags_read_this_machine():
     assert "sse2" in hardware.cpu_flags()  # every x86-64 CPU has it
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_cpu_model_reads_this_machine():
+    hardware.cpu_model.cache_clear()
+    with open("/proc/cpuinfo") as f:
+        named = any(line.startswith("model name") for line in f)
+    model = hardware.cpu_model()
+    assert (isinstance(model, str) and model == model.strip() and model) if named else model is None
+
+
 def test_other_devices_are_not_assumed_fast():
     assert hardware.bf16_is_fast("meta") is False
 

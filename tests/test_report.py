@@ -155,6 +155,7 @@ def test_environment_records_versions_and_hardware():
     assert env["torch"] == torch.__version__ and env["cpu_threads"] >= 1 and env["device"] == "cpu"
     assert env["cpu_flags"] == recorded_cpu_flags() and env["bf16_native"] == hardware.bf16_is_native("cpu")
     assert env["bf16_fast"] == hardware.bf16_is_fast("cpu")
+    assert env["cpu_model"] == hardware.cpu_model()
     assert env["cuda"] is None
 
 

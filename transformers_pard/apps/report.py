@@ -24,7 +24,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..hardware import bf16_is_fast, bf16_is_native, cpu_flags
+from ..hardware import bf16_is_fast, bf16_is_native, cpu_flags, cpu_model
 from .benchmark import ENGINE_METHODS, PHASES, MethodResult
 
 DEFINITIONS = {
@@ -150,6 +150,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "transformers_pard": __version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_flags": recorded_cpu_flags(),
         "bf16_native": bf16_is_native(device),
