@@ -7,7 +7,7 @@ from torch._dynamo.testing import CompileCounter
 from transformers_pard import enable_pard
 from transformers_pard.hardware import python_headers_available
 from transformers_pard.runtime import PardOptions
-from transformers_pard.testing import perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
+from transformers_pard.testing import left_padded_batch, perturbed_pard_draft, tiny_causal_lm, tiny_pard_draft
 from transformers_pard.vocab import attach_vocab_subset
 
 
@@ -174,6 +174,22 @@ def test_inductor_compiled_engine_is_lossless_and_frozen_on_cpu(cpu_gemm, kernel
         if cpu_gemm == "mkl":  # (with oneDNN the draft's head stays MKL's: its K rows of 2K are a static slice)
             assert "mkldnn::_linear_pointwise" not in ops
         assert_plain_greedy(later)
+
+
+@pytest.mark.slow
+def test_dynamic_rows_keep_a_padded_batch_and_a_tree_lossless():
+    """cpu_gemm="onednn" (symbolic row count) with what the chain case above does not reach: a left-padded
+    batch of two, a token tree (verify rows = its nodes + 1), and a later call of another width of prompt."""
+    torch._dynamo.reset()
+    target = enable_pard(tiny_causal_lm("llama", seed=0), compile=True, max_cache_len=64, cpu_gemm="onednn")
+    reference = tiny_causal_lm("llama", seed=0)
+    draft = perturbed_pard_draft(target)
+    for seed, lengths in ((0, [3, 7]), (1, [6, 2])):
+        ids, mask = left_padded_batch(lengths, seed)
+        out = target.generate(ids, attention_mask=mask, pard_draft=draft, max_new_tokens=10, num_assistant_tokens=4,
+                              pard_tree=4, pard_min_tau=None)
+        assert torch.equal(out, reference.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False))
+    assert all(fn.dynamic_rows for _, fn in target.pard_runtime._forwards.values())
 
 
 @pytest.mark.parametrize("cpu_gemm, timed_faster, rows, dtype, expected", [
