@@ -49,9 +49,9 @@ class PardOptions:
         or "mkl". Inductor picks MKL's for a forward of static row count and oneDNN's for a dynamic one, so
         "onednn" compiles the draft and verify forwards with their row count dynamic (one graph still; it
         never changes between rounds; a head called on the last K of 2K rows keeps a static row count, and
-        MKL's GEMM). Default None: whichever is faster for the model's linear shapes at
-        the forward's row count, timed once per process (``prepack.onednn_gemm_is_faster``; oneDNN on AMD
-        EPYC, where MKL's packed fp32 GEMM took 3-4x as long).
+        MKL's GEMM). Default None: whichever is faster for the model's linear shapes at the forward's row
+        count, timed once per process (``prepack.onednn_gemm_is_faster``; oneDNN on an AMD EPYC, where
+        MKL's packed fp32 GEMM took 3-4x as long). No effect off the CPU or in bf16 (oneDNN's either way).
     max_cache_len: fixed cache capacity in tokens (prompt + new tokens + 2K); None grows as needed.
     """
 
@@ -111,7 +111,6 @@ class PardOptions:
         cpp_wrapper = self.cpp_wrapper if self.cpp_wrapper is not None else python_headers_available()
         wanted = {"freezing": self.freeze, "cpp_wrapper": cpp_wrapper}
         return {key: True for key, flag in wanted.items() if flag is not False} or None
-
 
     def dynamic_rows(self, module, device: torch.device, dtype: torch.dtype, rows: int) -> bool:
         """Whether ``module``'s compiled forward of ``rows`` rows gets a dynamic row count, so that inductor's
