@@ -23,31 +23,41 @@ BF16_NATIVE_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 BF16_FAST_CPU_FLAGS = frozenset({"amx_bf16"})
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags on Linux (empty elsewhere: then bf16 is not assumed fast)."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name : value`` line of ``/proc/cpuinfo`` (Linux); None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags on Linux (empty elsewhere: then bf16 is not assumed fast)."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 @functools.cache
 def cpu_model() -> str | None:
     """The CPU's model name on Linux (``/proc/cpuinfo``), e.g. "AMD EPYC"; None elsewhere. Speed depends
     on the vendor as well as the flags: MKL's fp32 GEMM is several times slower on AMD CPUs."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    return _cpuinfo_field("model name")
+
+
+def best_seconds(fn, *, tries: int = 2, repeats: int = 5) -> float:
+    """The best of ``tries`` timings of ``repeats`` calls of ``fn``, each after one untimed warm-up call."""
+    times = []
+    for _ in range(tries):
+        fn()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 @functools.cache
@@ -87,14 +97,7 @@ def bf16_linear_is_faster(rows: int = 64, repeats: int = 10) -> bool:
 
     def best(dtype: torch.dtype) -> float:
         weight, x = torch.randn(1536, 576, dtype=dtype), torch.randn(rows, 576, dtype=dtype)
-        times = []
-        for _ in range(3):
-            torch.nn.functional.linear(x, weight)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                torch.nn.functional.linear(x, weight)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return best_seconds(lambda: torch.nn.functional.linear(x, weight), tries=3, repeats=repeats)
 
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         return best(torch.bfloat16) < best(torch.float32)

@@ -18,12 +18,12 @@ only where the packed kernel is faster on this machine.
 from __future__ import annotations
 
 import functools
-import time
 from collections import Counter
 
 import torch
 from torch import nn
 
+from .hardware import best_seconds
 from .views import module_view
 
 
@@ -49,14 +49,6 @@ class PackedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def _seconds(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return time.perf_counter() - start
-
-
 @functools.lru_cache(maxsize=None)
 def packed_is_faster(in_features: int, out_features: int, bias: bool, rows: int) -> bool:
     """Whether the packed kernel beats ``F.linear`` for this weight shape at ``rows`` rows on this CPU
@@ -65,8 +57,8 @@ def packed_is_faster(in_features: int, out_features: int, bias: bool, rows: int)
         linear = nn.Linear(in_features, out_features, bias=bias)
         packed = PackedLinear(linear, rows)
         x = torch.randn(rows, in_features)
-        stock = min(_seconds(lambda: linear(x)) for _ in range(2))
-        fast = min(_seconds(lambda: packed(x)) for _ in range(2))
+        stock = best_seconds(lambda: linear(x))
+        fast = best_seconds(lambda: packed(x))
     return fast < stock
 
 
@@ -101,7 +93,7 @@ def _packed_linear_seconds(library: str, in_features: int, out_features: int, bi
         else:
             packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
             call = lambda: torch.ops.mkl._mkl_linear(x, packed, weight, bias_, rows)  # noqa: E731
-        return min(_seconds(call) for _ in range(2))
+        return best_seconds(call)
 
 
 def onednn_gemm_is_faster(model: nn.Module, rows: int) -> bool:
